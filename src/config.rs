@@ -1,0 +1,301 @@
+//! Command line, environment and config file, in that order of precedence.
+//!
+//! Every flag of `hashpress serve` can also come from `HASHPRESS_<FLAG>`
+//! (dashes become underscores) and from a TOML file given by `--config`
+//! whose keys are the flag names (`pool-threads = 4`). The file is applied
+//! by exporting its keys as the environment variables that are not already
+//! set, before clap reads them: so a flag beats the environment, the
+//! environment beats the file, and the file beats clap's default. The same
+//! environment reaches worker processes, which therefore see one config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hashpress",
+    version,
+    about = "Streaming hash and gzip HTTP server",
+    long_about = "hashpress hashes (SHA-256, SHA-512, SHA-1, MD5, BLAKE3, CRC32C) and gzips request \
+bodies and files under one served directory, as streams, on a bounded CPU pool.\n\n\
+Start it with `hashpress serve --root DIR`, then e.g.\n  \
+curl --data-binary @file 'http://127.0.0.1:3000/hash?alg=sha256,blake3'\n  \
+curl http://127.0.0.1:3000/hash-file/some/file.bin\n  \
+curl -o f.gz http://127.0.0.1:3000/compress/some/file.bin\n\n\
+Every `serve` flag can also be set as HASHPRESS_<FLAG> in the environment or as a key in the \
+--config TOML file; precedence is flag > environment > file > default."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the HTTP API (see `hashpress serve --help` for every flag).
+    Serve(ServeArgs),
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines when stderr is a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// TOML file with defaults for any flag below (keys are the flag names, e.g. `pool-threads = 4`).
+    #[arg(long, env = "HASHPRESS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address and port to listen on. Loopback by default; port 0 picks a free port.
+    #[arg(long, env = "HASHPRESS_LISTEN", default_value = "127.0.0.1:3000", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+
+    /// Directory served: only files under it can be read (or written with --allow-write).
+    #[arg(long, env = "HASHPRESS_ROOT", default_value = ".", value_name = "DIR")]
+    pub root: PathBuf,
+
+    /// Allow `POST /compress/{path}` to write `{path}.gz` under the root. Off by default.
+    #[arg(long, env = "HASHPRESS_ALLOW_WRITE", value_name = "BOOL", num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_write: bool,
+
+    /// Threads in the CPU pool that hashes files and compresses. 0 = one per core.
+    #[arg(long, env = "HASHPRESS_POOL_THREADS", default_value = "0", value_name = "N")]
+    pub pool_threads: usize,
+
+    /// Jobs that may wait for a pool thread; a request arriving when it is full gets 503
+    /// with Retry-After. 0 = 4 per pool thread.
+    #[arg(long, env = "HASHPRESS_POOL_QUEUE", default_value = "0", value_name = "N")]
+    pub pool_queue: usize,
+
+    /// Largest request body accepted, in bytes (suffixes K, M, G, KiB, MiB, GiB), or
+    /// `unlimited`. A larger Content-Length is refused with 413 before any byte is read;
+    /// a chunked body is cut off with 413 when it passes the limit.
+    #[arg(long, env = "HASHPRESS_MAX_BODY", default_value = "unlimited", value_name = "SIZE",
+          value_parser = parse_limit)]
+    pub max_body: Limit,
+
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    #[arg(long, env = "HASHPRESS_MAX_HEADER_BYTES", default_value = "64KiB", value_name = "SIZE",
+          value_parser = parse_size)]
+    pub max_header_bytes: u64,
+
+    /// A client that has not sent its full request head within this time is disconnected
+    /// (units: ms, s, m; a bare number is seconds).
+    #[arg(long, env = "HASHPRESS_HEADER_READ_TIMEOUT", default_value = "10s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A request body that makes no progress for this long ends the request with 408.
+    #[arg(long, env = "HASHPRESS_BODY_READ_TIMEOUT", default_value = "60s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Most connections served at once; beyond it new connections wait in the kernel's
+    /// accept queue until one closes.
+    #[arg(long, env = "HASHPRESS_MAX_CONNECTIONS", default_value = "10000", value_name = "N")]
+    pub max_connections: usize,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the
+    /// process exits anyway.
+    #[arg(long, env = "HASHPRESS_GRACE", default_value = "30s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive like `hashpress=debug`.
+    #[arg(long, env = "HASHPRESS_LOG_LEVEL", default_value = "info", value_name = "FILTER")]
+    pub log_level: String,
+
+    /// Log line format.
+    #[arg(long, env = "HASHPRESS_LOG_FORMAT", default_value = "auto", value_enum)]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// Pool threads after applying "0 = one per core".
+    pub fn effective_pool_threads(&self) -> usize {
+        if self.pool_threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.pool_threads
+        }
+    }
+
+    /// Pool queue after applying "0 = 4 per thread".
+    pub fn effective_pool_queue(&self) -> usize {
+        if self.pool_queue == 0 {
+            4 * self.effective_pool_threads()
+        } else {
+            self.pool_queue
+        }
+    }
+}
+
+/// A byte limit that may be absent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    Unlimited,
+    Bytes(u64),
+}
+
+impl Limit {
+    pub fn get(self) -> Option<u64> {
+        match self {
+            Limit::Unlimited => None,
+            Limit::Bytes(n) => Some(n),
+        }
+    }
+}
+
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("unlimited") || t.eq_ignore_ascii_case("none") {
+        return Ok(Limit::Unlimited);
+    }
+    parse_size(t).map(Limit::Bytes)
+}
+
+/// Parses "1048576", "64K", "64KiB", "1.5G" (K = 1000, KiB = 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size; use e.g. 1048576, 64KiB, 1GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit '{other}'; use B, K, KiB, M, MiB, G, GiB")),
+    };
+    Ok((num * mult as f64) as u64)
+}
+
+/// Parses "30s", "500ms", "2m", "1h" or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration; use e.g. 500ms, 30s, 2m"))?;
+    let secs = match unit.trim() {
+        "" | "s" => num,
+        "ms" => num / 1000.0,
+        "m" | "min" => num * 60.0,
+        "h" => num * 3600.0,
+        other => return Err(format!("unknown duration unit '{other}'; use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Finds `--config FILE` (or HASHPRESS_CONFIG) before clap runs, and exports
+/// the file's keys as environment variables that are not set yet.
+///
+/// Must run before any thread is started (it calls `set_var`).
+pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), String> {
+    let mut path: Option<PathBuf> = std::env::var_os("HASHPRESS_CONFIG").map(PathBuf::from);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--config" {
+            path = it.next().map(PathBuf::from);
+        } else if let Some(v) = a.strip_prefix("--config=") {
+            path = Some(PathBuf::from(v));
+        }
+    }
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("config file {} is not valid TOML: {e}", path.display()))?;
+    let cmd = Cli::command();
+    let serve = cmd
+        .find_subcommand("serve")
+        .expect("serve subcommand exists");
+    let known: Vec<String> = serve
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|l| l != "config" && l != "help")
+        .collect();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        if !known.contains(&flag) {
+            return Err(format!(
+                "config file {}: unknown key '{key}'; known keys: {}",
+                path.display(),
+                known.join(", ")
+            ));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "config file {}: key '{key}' must be a string, number or boolean, not {}",
+                    path.display(),
+                    other.type_str()
+                ));
+            }
+        };
+        let var = format!("HASHPRESS_{}", flag.replace('-', "_").to_ascii_uppercase());
+        if std::env::var_os(&var).is_none() {
+            // SAFETY: called from main before the runtime or any thread starts.
+            unsafe { std::env::set_var(var, value) };
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("64k"), Ok(64_000));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_limit("unlimited"), Ok(Limit::Unlimited));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,176 @@
+//! One error type for every endpoint, rendered as
+//! `{"error": "<code>", "message": "<sentence>"}` with the right status.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::cpu_pool::PoolError;
+use crate::root::{OpenError, PathError};
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: a query parameter is wrong; the message says what is valid.
+    BadQuery(String),
+    /// 400: the path in the URL is malformed.
+    BadPath(String),
+    /// 400: the path names something that is not a regular file.
+    NotAFile(String),
+    /// 400: the request body could not be read (malformed chunked encoding, ...).
+    BadBody(String),
+    /// 403: the path leaves the served root.
+    OutsideRoot(String),
+    /// 403: a write was asked of a server started without `--allow-write`.
+    WritesDisabled,
+    /// 403: the file system refused the write (read-only, permissions).
+    WriteRefused(String),
+    /// 404: no such file under the root.
+    FileNotFound(String),
+    /// 404: no such route.
+    NoRoute(String),
+    /// 405: the route exists, the method does not; carries the `Allow` value.
+    MethodNotAllowed(String),
+    /// 408: the client stopped sending its body.
+    BodyTimeout(u64),
+    /// 409: the source changed while it was being read.
+    SourceChanged(String),
+    /// 413: the body is larger than `--max-body`.
+    BodyTooLarge(u64),
+    /// 503: the CPU pool's queue is full; retry shortly.
+    Overloaded,
+    /// 503: the server is draining.
+    Draining,
+    /// 507: the disk is full.
+    NoSpace,
+    /// 500: a real internal fault. The detail is logged, never sent.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            BadQuery(_) | BadPath(_) | NotAFile(_) | BadBody(_) => StatusCode::BAD_REQUEST,
+            OutsideRoot(_) | WritesDisabled | WriteRefused(_) => StatusCode::FORBIDDEN,
+            FileNotFound(_) | NoRoute(_) => StatusCode::NOT_FOUND,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            SourceChanged(_) => StatusCode::CONFLICT,
+            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Overloaded | Draining => StatusCode::SERVICE_UNAVAILABLE,
+            NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            BadQuery(_) => "bad_query",
+            BadPath(_) => "bad_path",
+            NotAFile(_) => "not_a_file",
+            BadBody(_) => "bad_body",
+            OutsideRoot(_) => "outside_root",
+            WritesDisabled => "writes_disabled",
+            WriteRefused(_) => "write_refused",
+            FileNotFound(_) => "not_found",
+            NoRoute(_) => "no_route",
+            MethodNotAllowed(_) => "method_not_allowed",
+            BodyTimeout(_) => "body_timeout",
+            SourceChanged(_) => "source_changed",
+            BodyTooLarge(_) => "body_too_large",
+            Overloaded => "overloaded",
+            Draining => "draining",
+            NoSpace => "no_space",
+            Internal(_) => "internal",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        use ApiError::*;
+        match self {
+            BadQuery(m) | BadPath(m) | BadBody(m) | OutsideRoot(m) | SourceChanged(m)
+            | WriteRefused(m) => m.clone(),
+            NotAFile(p) => format!("'{p}' is not a regular file"),
+            WritesDisabled => {
+                "this server does not write files; start it with --allow-write to enable POST /compress/{path}".into()
+            }
+            FileNotFound(p) => format!("no file '{p}' under the served root"),
+            NoRoute(m) => m.clone(),
+            MethodNotAllowed(allow) => format!("method not allowed here; allowed: {allow}"),
+            BodyTimeout(s) => format!("no body data arrived for {s} s; request abandoned"),
+            BodyTooLarge(limit) => format!("the body exceeds the limit of {limit} bytes (--max-body)"),
+            Overloaded => "the CPU pool's queue is full; retry after the delay in Retry-After".into(),
+            Draining => "the server is shutting down; retry on another instance".into(),
+            NoSpace => "no space left on the device for the output file".into(),
+            Internal(_) => "internal error; the server logged the details".into(),
+        }
+    }
+
+    pub fn from_path(e: PathError) -> ApiError {
+        match e {
+            PathError::Malformed(m) => ApiError::BadPath(m),
+            PathError::Escapes(m) => ApiError::OutsideRoot(m),
+        }
+    }
+
+    pub fn from_open(e: OpenError, shown: &str) -> ApiError {
+        match e {
+            OpenError::NotFound => ApiError::FileNotFound(shown.into()),
+            OpenError::Forbidden(why) => ApiError::OutsideRoot(format!("'{shown}': {why}")),
+            OpenError::NotAFile => ApiError::NotAFile(shown.into()),
+            OpenError::Io(e) => ApiError::from_io(e, shown),
+        }
+    }
+
+    pub fn from_io(e: std::io::Error, what: &str) -> ApiError {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ApiError::NoSpace,
+            Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => ApiError::WriteRefused(
+                format!("'{what}': the file system refused the write ({})", os_reason(&e)),
+            ),
+            _ => ApiError::Internal(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// The OS's sentence without Rust's "(os error N)" suffix.
+fn os_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> ApiError {
+        match e {
+            PoolError::Overloaded => ApiError::Overloaded,
+            PoolError::Failed => ApiError::Internal("a CPU pool job failed".into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let body = serde_json::json!({ "error": self.code(), "message": self.message() });
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        let headers = resp.headers_mut();
+        match &self {
+            ApiError::Overloaded | ApiError::Draining => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    headers.insert(header::ALLOW, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}

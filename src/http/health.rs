@@ -1,0 +1,44 @@
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::metrics::{Gauges, render};
+
+/// Alive: the process answers HTTP.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready: serving, and not draining.
+pub async fn readyz(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if st.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::Draining);
+    }
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let stats = st.pool.stats();
+    let gauges = Gauges {
+        pool_queue_depth: stats.queued.load(Ordering::Relaxed) as u64,
+        pool_busy_threads: stats.busy.load(Ordering::Relaxed) as u64,
+        pool_threads: st.pool.threads() as u64,
+        pool_queue_capacity: st.pool.queue_capacity() as u64,
+    };
+    let text = render(&[&st.metrics], &gauges);
+    let mut resp = text.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}

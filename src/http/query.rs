@@ -1,0 +1,72 @@
+//! Query strings: only known keys, each at most once, values checked.
+
+use crate::error::ApiError;
+use crate::kernel::{AlgorithmList, Level};
+use crate::root::percent_decode;
+
+/// Parsed `key=value` pairs of one request.
+pub struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    /// Parses `raw`, refusing keys outside `allowed` so that typos are not
+    /// silently ignored.
+    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Query, ApiError> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for part in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            let k = decode(k)?;
+            let v = decode(v)?;
+            if !allowed.contains(&k.as_str()) {
+                let valid = if allowed.is_empty() {
+                    "this endpoint takes no parameters".to_string()
+                } else {
+                    format!("valid parameters: {}", allowed.join(", "))
+                };
+                return Err(ApiError::BadQuery(format!(
+                    "unknown query parameter '{}'; {valid}",
+                    k.escape_default()
+                )));
+            }
+            if pairs.iter().any(|(pk, _)| *pk == k) {
+                return Err(ApiError::BadQuery(format!(
+                    "query parameter '{k}' is given twice"
+                )));
+            }
+            pairs.push((k, v));
+        }
+        Ok(Query { pairs })
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `alg=`, defaulting to SHA-256.
+    pub fn algorithms(&self) -> Result<AlgorithmList, ApiError> {
+        match self.get("alg") {
+            None => Ok(AlgorithmList::default_list()),
+            Some(v) => AlgorithmList::parse(v).map_err(|e| ApiError::BadQuery(e.to_string())),
+        }
+    }
+
+    /// `level=`, defaulting to 6.
+    pub fn level(&self) -> Result<Level, ApiError> {
+        match self.get("level") {
+            None => Ok(Level::DEFAULT),
+            Some(v) => Level::parse(v).map_err(ApiError::BadQuery),
+        }
+    }
+}
+
+fn decode(s: &str) -> Result<String, ApiError> {
+    let plus = s.replace('+', " ");
+    let bytes = percent_decode(plus.as_bytes())
+        .ok_or_else(|| ApiError::BadQuery("the query string has an invalid %-escape".into()))?;
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::BadQuery("the query string is not valid UTF-8".into()))
+}

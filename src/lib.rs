@@ -1,0 +1,17 @@
+//! hashpress: a streaming hash and gzip HTTP server.
+//!
+//! `kernel` holds the pure digest and gzip code; `http` the API; `server`
+//! the accept loop; `cpu_pool` the bounded pool that runs heavy work;
+//! `root` confines every file access to the served directory.
+
+pub mod config;
+pub mod cpu_pool;
+pub mod error;
+pub mod http;
+pub mod kernel;
+pub mod logging;
+pub mod metrics;
+pub mod root;
+pub mod serve;
+pub mod server;
+pub mod shutdown;

@@ -1,0 +1,66 @@
+//! The `hashpress` binary: parse the command line, pick the role, run it.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hashpress::config::{Cli, Command, apply_config_file};
+use hashpress::root::Root;
+
+fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(e) = apply_config_file(&argv) {
+        eprintln!("hashpress: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse_from(argv);
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
+    if let Err(e) = hashpress::logging::init(&args.log_level, args.log_format) {
+        eprintln!("hashpress: {e}");
+        return ExitCode::from(2);
+    }
+    let root = match Root::open(&args.root) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "hashpress: cannot serve --root {}: {e}",
+                args.root.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hashpress-io")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hashpress: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("hashpress: cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().map_or(args.listen, |a| a);
+        tracing::info!(
+            root = %root.path().display(),
+            pool_threads = args.effective_pool_threads(),
+            pool_queue = args.effective_pool_queue(),
+            allow_write = args.allow_write,
+            "listening on http://{addr}"
+        );
+        hashpress::serve::serve(args, listener, root).await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,47 @@
+//! `hashpress serve` in one process: wire config, pool, root and server.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::net::TcpListener;
+
+use crate::config::ServeArgs;
+use crate::cpu_pool::CpuPool;
+use crate::http::{AppState, Inner, app};
+use crate::metrics::Slot;
+use crate::root::Root;
+use crate::server::{self, ServerOptions};
+use crate::shutdown;
+
+/// Runs the server on `listener` until SIGTERM/SIGINT and the drain that follows.
+pub async fn serve(args: ServeArgs, listener: TcpListener, root: Root) {
+    let pool = CpuPool::new(args.effective_pool_threads(), args.effective_pool_queue());
+    let draining = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        inner: Arc::new(Inner {
+            root: Arc::new(root),
+            pool,
+            metrics: Arc::from(Slot::new_boxed()),
+            draining: draining.clone(),
+            allow_write: args.allow_write,
+            max_body: args.max_body,
+            body_read_timeout: args.body_read_timeout,
+        }),
+    };
+    let opts = ServerOptions {
+        header_read_timeout: args.header_read_timeout,
+        max_header_bytes: args.max_header_bytes.min(usize::MAX as u64) as usize,
+        max_connections: args.max_connections,
+        grace: args.grace,
+    };
+    let (trigger, shutdown) = shutdown::channel();
+    tokio::spawn(async move {
+        shutdown::terminate_signal().await;
+        trigger.trigger();
+        // A second signal means "now": skip the rest of the drain.
+        shutdown::terminate_signal().await;
+        tracing::warn!("second signal: exiting without waiting for the drain");
+        std::process::exit(0);
+    });
+    server::run(listener, app(state), opts, shutdown, draining).await;
+}

@@ -1,0 +1,88 @@
+//! The accept loop: connections, limits and graceful drain.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::shutdown::Shutdown;
+
+/// Connection-level limits and timings.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Time a client has to send its request head (`--header-read-timeout`).
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes (`--max-header-bytes`); hyper answers 431 past it.
+    pub max_header_bytes: usize,
+    /// Connections served at once (`--max-connections`); more wait in the backlog.
+    pub max_connections: usize,
+    /// How long the drain may take after shutdown begins (`--grace`).
+    pub grace: Duration,
+}
+
+/// Serves `app` on an already-bound `listener` until `shutdown` fires, then
+/// stops accepting, lets in-flight requests finish for up to `grace`, and
+/// returns. `draining` is raised as soon as the drain starts.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    opts: ServerOptions,
+    mut shutdown: Shutdown,
+    draining: Arc<AtomicBool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    loop {
+        // Hold a slot before accepting: at the limit, new clients wait in the
+        // kernel's queue instead of being accepted and starved.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.recv() => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.recv() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(opts.header_read_timeout)
+            .max_buf_size(opts.max_header_bytes.max(8192))
+            .keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    draining.store(true, Ordering::SeqCst);
+    // Closing the listener now makes new connections fail fast (refused)
+    // rather than queue behind a server that will not accept them.
+    drop(listener);
+    tracing::info!(grace_ms = opts.grace.as_millis() as u64, "draining in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("drained; all connections closed"),
+        _ = tokio::time::sleep(opts.grace) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+}
+
