@@ -57,7 +57,12 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 
     /// Address and port to listen on. Loopback by default; port 0 picks a free port.
-    #[arg(long, env = "HASHPRESS_LISTEN", default_value = "127.0.0.1:3000", value_name = "ADDR:PORT")]
+    #[arg(
+        long,
+        env = "HASHPRESS_LISTEN",
+        default_value = "127.0.0.1:3000",
+        value_name = "ADDR:PORT"
+    )]
     pub listen: SocketAddr,
 
     /// Directory served: only files under it can be read (or written with --allow-write).
@@ -70,12 +75,22 @@ pub struct ServeArgs {
     pub allow_write: bool,
 
     /// Threads in the CPU pool that hashes files and compresses. 0 = one per core.
-    #[arg(long, env = "HASHPRESS_POOL_THREADS", default_value = "0", value_name = "N")]
+    #[arg(
+        long,
+        env = "HASHPRESS_POOL_THREADS",
+        default_value = "0",
+        value_name = "N"
+    )]
     pub pool_threads: usize,
 
     /// Jobs that may wait for a pool thread; a request arriving when it is full gets 503
     /// with Retry-After. 0 = 4 per pool thread.
-    #[arg(long, env = "HASHPRESS_POOL_QUEUE", default_value = "0", value_name = "N")]
+    #[arg(
+        long,
+        env = "HASHPRESS_POOL_QUEUE",
+        default_value = "0",
+        value_name = "N"
+    )]
     pub pool_queue: usize,
 
     /// Largest request body accepted, in bytes (suffixes K, M, G, KiB, MiB, GiB), or
@@ -103,7 +118,12 @@ pub struct ServeArgs {
 
     /// Most connections served at once; beyond it new connections wait in the kernel's
     /// accept queue until one closes.
-    #[arg(long, env = "HASHPRESS_MAX_CONNECTIONS", default_value = "10000", value_name = "N")]
+    #[arg(
+        long,
+        env = "HASHPRESS_MAX_CONNECTIONS",
+        default_value = "10000",
+        value_name = "N"
+    )]
     pub max_connections: usize,
 
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the
@@ -113,7 +133,12 @@ pub struct ServeArgs {
     pub grace: Duration,
 
     /// Log filter: error, warn, info, debug, trace, or a tracing directive like `hashpress=debug`.
-    #[arg(long, env = "HASHPRESS_LOG_LEVEL", default_value = "info", value_name = "FILTER")]
+    #[arg(
+        long,
+        env = "HASHPRESS_LOG_LEVEL",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
     pub log_level: String,
 
     /// Log line format.
@@ -185,7 +210,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
-        other => return Err(format!("unknown size unit '{other}'; use B, K, KiB, M, MiB, G, GiB")),
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}'; use B, K, KiB, M, MiB, G, GiB"
+            ));
+        }
     };
     Ok((num * mult as f64) as u64)
 }
@@ -205,7 +234,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => num / 1000.0,
         "m" | "min" => num * 60.0,
         "h" => num * 3600.0,
-        other => return Err(format!("unknown duration unit '{other}'; use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}'; use ms, s, m or h"
+            ));
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }

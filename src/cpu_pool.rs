@@ -7,11 +7,12 @@
 //! is full the request is refused at once (`try_run`), while jobs of requests
 //! already admitted wait for room (`run`), so admitted work is never dropped.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Slot;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -24,36 +25,25 @@ pub enum PoolError {
     Failed,
 }
 
-/// Counters the metrics endpoint reads.
-#[derive(Default, Debug)]
-pub struct PoolStats {
-    /// Jobs waiting in the queue now.
-    pub queued: AtomicUsize,
-    /// Threads running a job now.
-    pub busy: AtomicUsize,
-    /// Requests refused because the queue was full, since start.
-    pub rejected: AtomicU64,
-}
-
 /// Handle to the pool; cheap to clone.
 #[derive(Clone)]
 pub struct CpuPool {
     /// Bounded queue: its capacity is the `--pool-queue` limit.
     tx: mpsc::Sender<Job>,
-    /// Shared with the threads and the metrics.
-    stats: Arc<PoolStats>,
+    /// Where queue depth, busy threads and rejections are counted; shared
+    /// with the threads and the metrics endpoint.
+    stats: Arc<Slot>,
     threads: usize,
     queue: usize,
 }
 
 impl CpuPool {
     /// Starts `threads` threads behind a queue of `queue` jobs (both at least 1).
-    pub fn new(threads: usize, queue: usize) -> CpuPool {
+    pub fn new(threads: usize, queue: usize, stats: Arc<Slot>) -> CpuPool {
         let threads = threads.max(1);
         let queue = queue.max(1);
         let (tx, rx) = mpsc::channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
-        let stats = Arc::new(PoolStats::default());
         for i in 0..threads {
             let rx = Arc::clone(&rx);
             let stats = Arc::clone(&stats);
@@ -78,7 +68,7 @@ impl CpuPool {
         self.queue
     }
 
-    pub fn stats(&self) -> &Arc<PoolStats> {
+    pub fn stats(&self) -> &Arc<Slot> {
         &self.stats
     }
 
@@ -92,10 +82,10 @@ impl CpuPool {
         let (job, rx) = wrap(f);
         match self.tx.try_send(job) {
             Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                self.stats.pool_enqueued();
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                self.stats.add_pool_rejected();
                 return Err(PoolError::Overloaded);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(PoolError::Failed),
@@ -111,7 +101,7 @@ impl CpuPool {
     {
         let (job, rx) = wrap(f);
         self.tx.send(job).await.map_err(|_| PoolError::Failed)?;
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        self.stats.pool_enqueued();
         rx.await.map_err(|_| PoolError::Failed)
     }
 }
@@ -132,7 +122,7 @@ where
     (job, rx)
 }
 
-fn worker_loop(rx: &Mutex<mpsc::Receiver<Job>>, stats: &PoolStats) {
+fn worker_loop(rx: &Mutex<mpsc::Receiver<Job>>, stats: &Slot) {
     loop {
         // One thread at a time waits on the queue; the lock is released as
         // soon as it holds a job, so the others take the next ones.
@@ -144,17 +134,11 @@ fn worker_loop(rx: &Mutex<mpsc::Receiver<Job>>, stats: &PoolStats) {
             guard.blocking_recv()
         };
         let Some(job) = job else { return };
-        // `queued` is bumped after the send; saturate so a racing read never wraps.
-        let _ = stats
-            .queued
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
-                Some(q.saturating_sub(1))
-            });
-        stats.busy.fetch_add(1, Ordering::Relaxed);
+        stats.pool_started();
         // A panicking job must not take the thread with it; its requester sees
         // the dropped sender as `PoolError::Failed`.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-        stats.busy.fetch_sub(1, Ordering::Relaxed);
+        stats.pool_finished();
     }
 }
 
@@ -163,9 +147,13 @@ mod tests {
     use super::*;
     use std::sync::Barrier;
 
+    fn pool(threads: usize, queue: usize) -> CpuPool {
+        CpuPool::new(threads, queue, Arc::from(Slot::new_boxed()))
+    }
+
     #[tokio::test]
     async fn runs_jobs_and_returns_results() {
-        let pool = CpuPool::new(2, 4);
+        let pool = pool(2, 4);
         let r = pool.try_run(|| 21 * 2).await;
         assert_eq!(r, Ok(42));
         assert_eq!(pool.run(|| "x".repeat(3)).await.unwrap(), "xxx");
@@ -173,7 +161,7 @@ mod tests {
 
     #[tokio::test]
     async fn sheds_when_full_and_recovers() {
-        let pool = CpuPool::new(1, 1);
+        let pool = pool(1, 1);
         let gate = Arc::new(Barrier::new(2));
         // Occupy the thread...
         let g = Arc::clone(&gate);
@@ -181,7 +169,7 @@ mod tests {
             let pool = pool.clone();
             async move { pool.try_run(move || g.wait()).await }
         });
-        while pool.stats().busy.load(Ordering::Relaxed) == 0 {
+        while pool.stats().pool_busy() == 0 {
             tokio::task::yield_now().await;
         }
         // ...fill the queue...
@@ -189,12 +177,12 @@ mod tests {
             let pool = pool.clone();
             async move { pool.try_run(|| 1).await }
         });
-        while pool.stats().queued.load(Ordering::Relaxed) == 0 {
+        while pool.stats().pool_queued() == 0 {
             tokio::task::yield_now().await;
         }
         // ...and the next request is refused at once.
         assert_eq!(pool.try_run(|| 2).await, Err(PoolError::Overloaded));
-        assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.stats().pool_rejected(), 1);
         gate.wait();
         busy.await.unwrap().unwrap();
         assert_eq!(queued.await.unwrap(), Ok(1));
@@ -203,7 +191,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_job_fails_alone() {
-        let pool = CpuPool::new(1, 2);
+        let pool = pool(1, 2);
         let r: Result<(), _> = pool.try_run(|| panic!("boom")).await;
         assert_eq!(r, Err(PoolError::Failed));
         assert_eq!(pool.try_run(|| 7).await, Ok(7));

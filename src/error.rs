@@ -126,9 +126,12 @@ impl ApiError {
     pub fn from_io(e: std::io::Error, what: &str) -> ApiError {
         match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => ApiError::NoSpace,
-            Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => ApiError::WriteRefused(
-                format!("'{what}': the file system refused the write ({})", os_reason(&e)),
-            ),
+            Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => {
+                ApiError::WriteRefused(format!(
+                    "'{what}': the file system refused the write ({})",
+                    os_reason(&e)
+                ))
+            }
             _ => ApiError::Internal(format!("{what}: {e}")),
         }
     }

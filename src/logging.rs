@@ -7,8 +7,8 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
-    let filter = EnvFilter::try_new(filter)
-        .map_err(|e| format!("invalid --log-level '{filter}': {e}"))?;
+    let filter =
+        EnvFilter::try_new(filter).map_err(|e| format!("invalid --log-level '{filter}': {e}"))?;
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Human => false,

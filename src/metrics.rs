@@ -5,7 +5,7 @@
 //! between processes. Rendering sums any number of slots.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Route templates, the `route` label.
@@ -113,6 +113,10 @@ pub struct Slot {
     duration_sum_nanos: [AtomicU64; N_ROUTE],
     processed_bytes: [[AtomicU64; 2]; 2],
     pool_rejected: AtomicU64,
+    /// Gauges: jobs waiting, threads busy. Signed so that a decrement racing
+    /// ahead of its increment never wraps.
+    pool_queued: AtomicI64,
+    pool_busy: AtomicI64,
 }
 
 impl Slot {
@@ -149,12 +153,36 @@ impl Slot {
     pub fn add_pool_rejected(&self) {
         self.pool_rejected.fetch_add(1, Ordering::Relaxed);
     }
+
+    pub fn pool_enqueued(&self) {
+        self.pool_queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A pool thread took a job off the queue.
+    pub fn pool_started(&self) {
+        self.pool_queued.fetch_sub(1, Ordering::Relaxed);
+        self.pool_busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn pool_finished(&self) {
+        self.pool_busy.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn pool_queued(&self) -> u64 {
+        self.pool_queued.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub fn pool_busy(&self) -> u64 {
+        self.pool_busy.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub fn pool_rejected(&self) -> u64 {
+        self.pool_rejected.load(Ordering::Relaxed)
+    }
 }
 
-/// Gauges read at scrape time (not summed from slots).
+/// Settings reported as gauges (not summed from slots).
 pub struct Gauges {
-    pub pool_queue_depth: u64,
-    pub pool_busy_threads: u64,
     pub pool_threads: u64,
     pub pool_queue_capacity: u64,
 }
@@ -185,7 +213,9 @@ pub fn render(slots: &[&Slot], gauges: &Gauges) -> String {
             }
         }
     }
-    out.push_str("# HELP hashpress_http_request_duration_seconds Time from request head to response head.\n");
+    out.push_str(
+        "# HELP hashpress_http_request_duration_seconds Time from request head to response head.\n",
+    );
     out.push_str("# TYPE hashpress_http_request_duration_seconds histogram\n");
     for route in Route::ALL {
         let r = route.index();
@@ -239,10 +269,26 @@ pub fn render(slots: &[&Slot], gauges: &Gauges) -> String {
         sum(&|slot| &slot.pool_rejected)
     );
     for (name, help, v) in [
-        ("hashpress_pool_queue_depth", "Jobs waiting for a CPU pool thread.", gauges.pool_queue_depth),
-        ("hashpress_pool_busy_threads", "CPU pool threads running a job.", gauges.pool_busy_threads),
-        ("hashpress_pool_threads", "CPU pool threads.", gauges.pool_threads),
-        ("hashpress_pool_queue_capacity", "CPU pool queue limit (--pool-queue).", gauges.pool_queue_capacity),
+        (
+            "hashpress_pool_queue_depth",
+            "Jobs waiting for a CPU pool thread.",
+            slots.iter().map(|s| s.pool_queued()).sum(),
+        ),
+        (
+            "hashpress_pool_busy_threads",
+            "CPU pool threads running a job.",
+            slots.iter().map(|s| s.pool_busy()).sum(),
+        ),
+        (
+            "hashpress_pool_threads",
+            "CPU pool threads.",
+            gauges.pool_threads,
+        ),
+        (
+            "hashpress_pool_queue_capacity",
+            "CPU pool queue limit (--pool-queue).",
+            gauges.pool_queue_capacity,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
@@ -263,8 +309,6 @@ mod tests {
         a.add_bytes(Op::Hash, Direction::In, 10);
         b.add_bytes(Op::Hash, Direction::In, 5);
         let g = Gauges {
-            pool_queue_depth: 0,
-            pool_busy_threads: 0,
             pool_threads: 2,
             pool_queue_capacity: 8,
         };
@@ -279,6 +323,8 @@ mod tests {
         assert!(text.contains("route=\"/hash\",le=\"0.005\"} 2\n"));
         assert!(text.contains("route=\"/hash\",le=\"60\"} 2\n"));
         assert!(text.contains("route=\"/hash\",le=\"+Inf\"} 3\n"));
-        assert!(text.contains("hashpress_processed_bytes_total{op=\"hash\",direction=\"in\"} 15\n"));
+        assert!(
+            text.contains("hashpress_processed_bytes_total{op=\"hash\",direction=\"in\"} 15\n")
+        );
     }
 }

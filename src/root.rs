@@ -45,7 +45,9 @@ impl RelPath {
         let decoded = percent_decode(encoded.as_bytes())
             .ok_or_else(|| PathError::Malformed("the path has an invalid %-escape".into()))?;
         if decoded.is_empty() {
-            return Err(PathError::Malformed("the path is empty: name a file".into()));
+            return Err(PathError::Malformed(
+                "the path is empty: name a file".into(),
+            ));
         }
         if decoded.len() > MAX_PATH_BYTES {
             return Err(PathError::Malformed(format!(
@@ -240,7 +242,13 @@ impl Root {
     }
 
     /// Resolves `path` beneath `base` with openat2, or the careful fallback.
-    fn resolve(&self, base: RawFd, path: &[u8], flags: i32, mode: u32) -> Result<OwnedFd, OpenError> {
+    fn resolve(
+        &self,
+        base: RawFd,
+        path: &[u8],
+        flags: i32,
+        mode: u32,
+    ) -> Result<OwnedFd, OpenError> {
         if !self.no_openat2.load(Ordering::Relaxed) {
             match openat2_beneath(base, path, flags, mode) {
                 Ok(fd) => return Ok(fd),
@@ -335,7 +343,12 @@ fn open_nofollow_walk(base: RawFd, path: &[u8], flags: i32, mode: u32) -> io::Re
         // SAFETY: openat with a valid directory fd and C string.
         let fd = unsafe { libc::openat(dirfd, c.as_ptr(), f, mode) };
         if fd < 0 {
-            return Err(io::Error::last_os_error());
+            let err = io::Error::last_os_error();
+            // O_DIRECTORY|O_NOFOLLOW on a symlink says ENOTDIR: name the real cause.
+            if is_symlink_at(dirfd, &c) {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            return Err(err);
         }
         // SAFETY: fresh descriptor from openat.
         current = Some(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -352,6 +365,15 @@ fn open_nofollow_walk(base: RawFd, path: &[u8], flags: i32, mode: u32) -> io::Re
             // SAFETY: fresh descriptor from fcntl.
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         }
+    }
+}
+
+fn is_symlink_at(dirfd: RawFd, name: &CString) -> bool {
+    // SAFETY: fstatat into a zeroed stat buffer we own.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
+            && (st.st_mode & libc::S_IFMT) == libc::S_IFLNK
     }
 }
 
@@ -535,7 +557,8 @@ mod tests {
         let rel = RelPath::parse("out.gz").unwrap();
         let count = || std::fs::read_dir(d.path()).unwrap().count();
         {
-            let mut p = PendingFile::create(root.open_parent_dir(&rel).unwrap(), b"out.gz").unwrap();
+            let mut p =
+                PendingFile::create(root.open_parent_dir(&rel).unwrap(), b"out.gz").unwrap();
             std::io::Write::write_all(p.file(), b"partial").unwrap();
             assert_eq!(count(), 1);
         }

@@ -15,13 +15,18 @@ use crate::shutdown;
 
 /// Runs the server on `listener` until SIGTERM/SIGINT and the drain that follows.
 pub async fn serve(args: ServeArgs, listener: TcpListener, root: Root) {
-    let pool = CpuPool::new(args.effective_pool_threads(), args.effective_pool_queue());
+    let metrics: Arc<Slot> = Arc::from(Slot::new_boxed());
+    let pool = CpuPool::new(
+        args.effective_pool_threads(),
+        args.effective_pool_queue(),
+        metrics.clone(),
+    );
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         inner: Arc::new(Inner {
             root: Arc::new(root),
             pool,
-            metrics: Arc::from(Slot::new_boxed()),
+            metrics,
             draining: draining.clone(),
             allow_write: args.allow_write,
             max_body: args.max_body,

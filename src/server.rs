@@ -79,10 +79,12 @@ pub async fn run(
     // Closing the listener now makes new connections fail fast (refused)
     // rather than queue behind a server that will not accept them.
     drop(listener);
-    tracing::info!(grace_ms = opts.grace.as_millis() as u64, "draining in-flight requests");
+    tracing::info!(
+        grace_ms = opts.grace.as_millis() as u64,
+        "draining in-flight requests"
+    );
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("drained; all connections closed"),
         _ = tokio::time::sleep(opts.grace) => tracing::warn!("grace period over; closing the remaining connections"),
     }
 }
-

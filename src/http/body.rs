@@ -25,10 +25,10 @@ impl BodyReader {
     /// limit, before a single body byte is read.
     pub fn new(req: Request, limit: Limit, timeout: Duration) -> Result<BodyReader, ApiError> {
         let limit = limit.get();
-        if let (Some(max), Some(len)) = (limit, declared_length(&req)) {
-            if len > max {
-                return Err(ApiError::BodyTooLarge(max));
-            }
+        if let (Some(max), Some(len)) = (limit, declared_length(&req))
+            && len > max
+        {
+            return Err(ApiError::BodyTooLarge(max));
         }
         Ok(BodyReader {
             body: req.into_body(),
@@ -57,10 +57,10 @@ impl BodyReader {
                 continue;
             };
             self.read += data.len() as u64;
-            if let Some(max) = self.limit {
-                if self.read > max {
-                    return Err(ApiError::BodyTooLarge(max));
-                }
+            if let Some(max) = self.limit
+                && self.read > max
+            {
+                return Err(ApiError::BodyTooLarge(max));
             }
             return Ok(Some(data));
         }

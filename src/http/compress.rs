@@ -84,7 +84,11 @@ pub async fn compress_file(
         fn count(&mut self, gz: &GzipStream) {
             let m = &self.st.metrics;
             m.add_bytes(Op::Compress, Direction::In, gz.bytes_in() - self.counted_in);
-            m.add_bytes(Op::Compress, Direction::Out, gz.bytes_out() - self.counted_out);
+            m.add_bytes(
+                Op::Compress,
+                Direction::Out,
+                gz.bytes_out() - self.counted_out,
+            );
             self.counted_in = gz.bytes_in();
             self.counted_out = gz.bytes_out();
         }
@@ -113,15 +117,14 @@ pub async fn compress_file(
                 return Some((Ok(Bytes::from(tail)), p));
             }
             let shown = p.shown.clone();
-            let job = p
-                .st
-                .pool
-                .run(move || {
-                    let (out, done) =
-                        compress_chunk(&mut file, &mut gz).map_err(|e| read_error(e, &shown))?;
-                    Ok::<_, ApiError>((file, gz, out, done))
-                })
-                .await;
+            let job =
+                p.st.pool
+                    .run(move || {
+                        let (out, done) = compress_chunk(&mut file, &mut gz)
+                            .map_err(|e| read_error(e, &shown))?;
+                        Ok::<_, ApiError>((file, gz, out, done))
+                    })
+                    .await;
             match job.map_err(ApiError::from).and_then(|r| r) {
                 Ok((file, gz, out, done)) => {
                     p.count(&gz);
@@ -174,14 +177,13 @@ pub async fn compress_body(
                 return Some((Ok(Bytes::from(tail)), p));
             };
             let n = chunk.len() as u64;
-            let job = p
-                .st
-                .pool
-                .run(move || {
-                    let out = gz.compress(&chunk);
-                    (gz, out)
-                })
-                .await;
+            let job =
+                p.st.pool
+                    .run(move || {
+                        let out = gz.compress(&chunk);
+                        (gz, out)
+                    })
+                    .await;
             match job {
                 Ok((gz, out)) => {
                     p.st.metrics.add_bytes(Op::Compress, Direction::In, n);
@@ -251,8 +253,7 @@ pub async fn compress_to_file(
     let o = out_shown.clone();
     let s = shown.clone();
     let (bytes_in, bytes_out) = st.pool.run(move || state.finish(&s, &o)).await??;
-    st.metrics
-        .add_bytes(Op::Compress, Direction::In, bytes_in);
+    st.metrics.add_bytes(Op::Compress, Direction::In, bytes_in);
     st.metrics
         .add_bytes(Op::Compress, Direction::Out, bytes_out);
     Ok(Json(json!({

@@ -27,10 +27,7 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Json<Value>, ApiError>
 
 /// Prometheus text format.
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    let stats = st.pool.stats();
     let gauges = Gauges {
-        pool_queue_depth: stats.queued.load(Ordering::Relaxed) as u64,
-        pool_busy_threads: stats.busy.load(Ordering::Relaxed) as u64,
         pool_threads: st.pool.threads() as u64,
         pool_queue_capacity: st.pool.queue_capacity() as u64,
     };

@@ -55,7 +55,10 @@ pub fn app(state: AppState) -> Router {
         .route("/hash-file/", get(hash::hash_file))
         .route("/hash-file/{*path}", get(hash::hash_file))
         .route("/compress", post(compress::compress_body))
-        .route("/compress/", get(compress::compress_file).post(compress::compress_to_file))
+        .route(
+            "/compress/",
+            get(compress::compress_file).post(compress::compress_to_file),
+        )
         .route(
             "/compress/{*path}",
             get(compress::compress_file).post(compress::compress_to_file),

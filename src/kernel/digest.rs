@@ -246,7 +246,10 @@ mod tests {
             get(Algorithm::Sha256),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(get(Algorithm::Sha1), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            get(Algorithm::Sha1),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
         assert_eq!(get(Algorithm::Md5), "900150983cd24fb0d6963f7d28e17f72");
         assert_eq!(
             get(Algorithm::Sha512),
@@ -284,7 +287,9 @@ mod tests {
     #[test]
     fn parse_lists() {
         assert_eq!(
-            AlgorithmList::parse("BLAKE3, sha256,blake3").unwrap().as_slice(),
+            AlgorithmList::parse("BLAKE3, sha256,blake3")
+                .unwrap()
+                .as_slice(),
             &[Algorithm::Blake3, Algorithm::Sha256]
         );
         assert_eq!(AlgorithmList::parse(" , "), Err(AlgorithmError::Empty));

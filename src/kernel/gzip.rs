@@ -76,10 +76,7 @@ impl GzipStream {
     /// Flushes the last block and the gzip trailer.
     pub fn finish(mut self) -> Vec<u8> {
         let tail = std::mem::take(self.encoder.get_mut());
-        let mut rest = self
-            .encoder
-            .finish()
-            .expect("gzip into memory cannot fail");
+        let mut rest = self.encoder.finish().expect("gzip into memory cannot fail");
         let mut out = tail;
         out.append(&mut rest);
         out
@@ -114,7 +111,9 @@ mod tests {
 
     #[test]
     fn roundtrips_any_split() {
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 ^ (i >> 9) as u8).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i % 251) as u8 ^ (i >> 9) as u8)
+            .collect();
         for piece in [1, 1000, 65536, 1 << 20] {
             assert_eq!(roundtrip(&data, piece, Level::DEFAULT), data);
         }

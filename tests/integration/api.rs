@@ -1,0 +1,292 @@
+//! Every endpoint and every error code.
+
+use std::io::Write;
+
+use crate::helpers::*;
+
+const ALL: &str = "sha256,sha512,sha1,md5,blake3,crc32c";
+
+#[test]
+fn hash_body_matches_independent_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    for (i, len) in [0usize, 1, 5, 65_536, 1_000_003].into_iter().enumerate() {
+        let body = pseudo_random(len, 100 + i as u64);
+        let f = dir.path().join(format!("body{i}"));
+        std::fs::write(&f, &body).unwrap();
+        let want = oracle(&f, ALL);
+        let resp = srv.post(&format!("/hash?alg={ALL}"), &body);
+        assert_digests(&resp, &want, len);
+        assert_eq!(resp.json()["algorithm"], "sha256");
+        assert_eq!(
+            resp.header("content-type"),
+            Some("application/json"),
+            "content type"
+        );
+    }
+}
+
+#[test]
+fn hash_body_default_is_sha256_and_order_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let v = srv.post("/hash", b"hello").json();
+    assert_eq!(
+        v["hash"],
+        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    );
+    assert_eq!(v["digests"].as_object().unwrap().len(), 1);
+    let v = srv.post("/hash?alg=blake3,md5", b"hello").json();
+    assert_eq!(v["algorithm"], "blake3");
+    assert_eq!(v["hash"], v["digests"]["blake3"]);
+    assert_eq!(v["digests"]["md5"], "5d41402abc4b2a76b9719d911017c592");
+}
+
+#[test]
+fn hash_body_chunked_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let body = pseudo_random(300_001, 7);
+    let f = dir.path().join("b");
+    std::fs::write(&f, &body).unwrap();
+    let want = oracle(&f, "sha256,crc32c");
+    let mut s = connect(srv.addr);
+    s.write_all(b"POST /hash?alg=sha256,crc32c HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    for piece in body.chunks(7_777) {
+        write!(s, "{:x}\r\n", piece.len()).unwrap();
+        s.write_all(piece).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    assert_digests(&read_response(&mut s), &want, body.len());
+}
+
+#[test]
+fn hash_file_matches_independent_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    for (name, len) in [
+        ("empty", 0usize),
+        ("sub/one", 1),
+        ("sub/big.bin", 3 * (1 << 20) + 17),
+    ] {
+        let f = dir.path().join(name);
+        std::fs::write(&f, pseudo_random(len, len as u64)).unwrap();
+        let want = oracle(&f, ALL);
+        let resp = srv.get(&format!("/hash-file/{name}?alg={ALL}"));
+        assert_digests(&resp, &want, len);
+        assert_eq!(resp.json()["path"], name);
+    }
+    // Percent-encoded names resolve to the real file.
+    std::fs::write(dir.path().join("a b"), b"x").unwrap();
+    assert_eq!(srv.get("/hash-file/a%20b").status, 200);
+}
+
+#[test]
+fn compress_file_streams_valid_gzip_at_each_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = text_like(5 * (1 << 20) + 3);
+    std::fs::write(dir.path().join("t.txt"), &data).unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let mut sizes = Vec::new();
+    for level in ["1", "6", "9"] {
+        let resp = srv.get(&format!("/compress/t.txt?level={level}"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("content-type"), Some("application/gzip"));
+        assert_eq!(gunzip(&resp.body), data, "level {level}");
+        sizes.push(resp.body.len());
+    }
+    assert!(
+        sizes[0] > sizes[2],
+        "level 9 smaller than level 1: {sizes:?}"
+    );
+    let default = srv.get("/compress/t.txt");
+    assert_eq!(default.body.len(), sizes[1], "default level is 6");
+}
+
+#[test]
+fn compress_body_streams_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let data = text_like(8 * (1 << 20));
+    // Write and read at once, as curl does: the answer streams while the body arrives.
+    let mut s = connect(srv.addr);
+    let mut reader = s.try_clone().unwrap();
+    let head = format!(
+        "POST /compress?level=6 HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    let to_send = data.clone();
+    let writer = std::thread::spawn(move || {
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&to_send).unwrap();
+    });
+    let resp = read_response(&mut reader);
+    writer.join().unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-type"), Some("application/gzip"));
+    assert!(resp.body.len() < data.len() / 3);
+    assert_eq!(gunzip(&resp.body), data);
+    // Empty body: still a valid, empty gzip member.
+    assert_eq!(gunzip(&srv.post("/compress", b"").body), b"");
+}
+
+#[test]
+fn compress_to_file_is_refused_without_allow_write() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"data").unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let resp = srv.post("/compress/f", b"");
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.error_code(), "writes_disabled");
+    assert!(!dir.path().join("f.gz").exists());
+}
+
+#[test]
+fn compress_to_file_writes_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    let data = text_like(3 * (1 << 20) + 5);
+    std::fs::write(dir.path().join("d/f.txt"), &data).unwrap();
+    let srv = Server::start(dir.path(), &["--allow-write"]);
+    let resp = srv.post("/compress/d/f.txt?level=9", b"");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["output"], "d/f.txt.gz");
+    assert_eq!(v["bytes_in"].as_u64(), Some(data.len() as u64));
+    let written = std::fs::read(dir.path().join("d/f.txt.gz")).unwrap();
+    assert_eq!(v["bytes_out"].as_u64(), Some(written.len() as u64));
+    assert_eq!(gunzip(&written), data);
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary left behind: {names:?}");
+    // Source untouched.
+    assert_eq!(std::fs::read(dir.path().join("d/f.txt")).unwrap(), data);
+    // Missing source: 404 and nothing written.
+    let resp = srv.post("/compress/d/nope", b"");
+    assert_eq!(resp.status, 404);
+    assert!(!dir.path().join("d/nope.gz").exists());
+}
+
+#[test]
+fn error_codes_and_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("adir")).unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let srv = Server::start(dir.path(), &["--max-body", "1000"]);
+
+    let r = srv.post("/hash?alg=sha3", b"x");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_query"));
+    assert!(
+        r.text()
+            .contains("sha256, sha512, sha1, md5, blake3, crc32c")
+    );
+
+    let r = srv.post("/hash?alg=", b"x");
+    assert_eq!(r.status, 400);
+
+    let r = srv.get("/compress/f?level=10");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_query"));
+    assert!(r.text().contains("1 to 9"));
+
+    let r = srv.post("/hash?algo=md5", b"x");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_query"));
+    assert!(r.text().contains("valid parameters: alg"));
+
+    let r = srv.get("/hash-file/missing");
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+
+    let r = srv.get("/hash-file/adir");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "not_a_file"));
+
+    let r = srv.get("/hash-file/");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_path"));
+
+    let r = srv.get("/hash");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(r.header("allow"), Some("POST"));
+
+    let r = request(srv.addr, "DELETE", "/compress/f", &[], b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
+    r.error_code();
+
+    let r = srv.get("/nowhere");
+    assert_eq!((r.status, r.error_code().as_str()), (404, "no_route"));
+
+    let r = srv.post("/hash", &vec![0u8; 1001]);
+    assert_eq!((r.status, r.error_code().as_str()), (413, "body_too_large"));
+    assert_eq!(srv.post("/hash", &vec![0u8; 1000]).status, 200);
+
+    // A chunked body over the limit is cut off at the limit.
+    let mut s = connect(srv.addr);
+    s.write_all(b"POST /hash HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    for _ in 0..3 {
+        let _ = s.write_all(b"200\r\n");
+        let _ = s.write_all(&[b'a'; 512]);
+        let _ = s.write_all(b"\r\n");
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let r = read_response(&mut s);
+    assert_eq!((r.status, r.error_code().as_str()), (413, "body_too_large"));
+
+    // Malformed chunked encoding: 400, and the server keeps serving.
+    let mut s = connect(srv.addr);
+    s.write_all(b"POST /hash HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s);
+    assert!(r.status == 400 || r.body.is_empty(), "{r:?}");
+    assert_eq!(srv.get("/healthz").status, 200);
+}
+
+#[test]
+fn oversized_content_length_is_refused_before_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &["--max-body", "1MiB"]);
+    let mut s = connect(srv.addr);
+    // Declare 10 GiB and send nothing: the answer must come at once.
+    s.write_all(b"POST /hash HTTP/1.1\r\nHost: t\r\nContent-Length: 10737418240\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(r.status, 413);
+}
+
+#[test]
+fn health_ready_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    assert_eq!(srv.get("/healthz").json()["status"], "ok");
+    assert_eq!(srv.get("/readyz").json()["status"], "ready");
+    for _ in 0..7 {
+        assert_eq!(srv.post("/hash", b"abc").status, 200);
+    }
+    srv.post("/hash?alg=nope", b"abc");
+    let m = srv.get("/metrics");
+    assert!(m.header("content-type").unwrap().starts_with("text/plain"));
+    assert_eq!(
+        srv.metric(r#"hashpress_http_requests_total{route="/hash",method="POST",status="200"}"#),
+        Some(7.0)
+    );
+    assert_eq!(
+        srv.metric(r#"hashpress_http_requests_total{route="/hash",method="POST",status="400"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        srv.metric(r#"hashpress_http_request_duration_seconds_count{route="/hash"}"#),
+        Some(8.0)
+    );
+    assert_eq!(
+        srv.metric(r#"hashpress_processed_bytes_total{op="hash",direction="in"}"#),
+        Some(21.0)
+    );
+}

@@ -1,0 +1,96 @@
+//! Flags, environment, config file and `--help`.
+
+use crate::helpers::*;
+
+#[test]
+fn precedence_is_flag_then_env_then_file_then_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hp.toml");
+    std::fs::write(
+        &file,
+        "pool-threads = 3\npool_queue = 11\nmax-body = \"1KiB\"\n",
+    )
+    .unwrap();
+    let cfg = file.to_str().unwrap();
+    let threads = |srv: &Server| srv.metric("hashpress_pool_threads").unwrap();
+    let queue = |srv: &Server| srv.metric("hashpress_pool_queue_capacity").unwrap();
+
+    // File over default.
+    let srv = Server::start(dir.path(), &["--config", cfg]);
+    assert_eq!((threads(&srv), queue(&srv)), (3.0, 11.0));
+    assert_eq!(srv.post("/hash", &[0u8; 1025]).status, 413);
+    drop(srv);
+    // Environment over file.
+    let srv = Server::start_with(
+        dir.path(),
+        &["--config", cfg],
+        &[("HASHPRESS_POOL_THREADS", "5")],
+    );
+    assert_eq!((threads(&srv), queue(&srv)), (5.0, 11.0));
+    drop(srv);
+    // Flag over environment.
+    let srv = Server::start_with(
+        dir.path(),
+        &["--config", cfg, "--pool-threads", "7"],
+        &[("HASHPRESS_POOL_THREADS", "5")],
+    );
+    assert_eq!(threads(&srv), 7.0);
+    drop(srv);
+    // Default: one per core, queue 4 per thread.
+    let srv = Server::start(dir.path(), &[]);
+    let cores = std::thread::available_parallelism().unwrap().get() as f64;
+    assert_eq!((threads(&srv), queue(&srv)), (cores, 4.0 * cores));
+}
+
+#[test]
+fn bad_config_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "pool-thread = 3\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown key 'pool-thread'"), "{err}");
+    assert!(err.contains("pool-threads"), "{err}");
+
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--max-body", "12 parsecs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-body"));
+}
+
+#[test]
+fn help_explains_every_flag_with_its_default() {
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--root",
+        "--allow-write",
+        "--pool-threads",
+        "--pool-queue",
+        "--max-body",
+        "--grace",
+        "--config",
+        "--header-read-timeout",
+        "--body-read-timeout",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    assert!(help.contains("[default: 127.0.0.1:3000]"));
+    assert!(help.contains("HASHPRESS_POOL_THREADS"));
+    let top = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&top.stdout).contains("serve"));
+}

@@ -1,0 +1,356 @@
+//! Test helpers: a real `hashpress` process on a free port, a raw HTTP/1.1
+//! client (so hostile paths reach the server unnormalised), and oracles.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hashpress");
+
+/// A running server; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Every stderr line so far, for assertions and failure reports.
+    #[allow(dead_code)]
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// `hashpress serve --listen 127.0.0.1:0 --root ROOT ARGS...`
+    pub fn start(root: &Path, args: &[&str]) -> Server {
+        Server::start_with(root, args, &[])
+    }
+
+    pub fn start_with(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--root")
+            .arg(root)
+            .arg("--log-format")
+            .arg("json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HASHPRESS_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawning hashpress");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                // Keep draining: a full pipe would block the server's logging.
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(i) = line.find("listening on http://") {
+                        let rest = &line[i + "listening on http://".len()..];
+                        let end = rest
+                            .find(|c: char| c == '"' || c.is_whitespace())
+                            .unwrap_or(rest.len());
+                        let _ = tx.send(rest[..end].to_string());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(a) => a.parse().expect("address in the log"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "server did not start ({status:?}); log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        request(self.addr, "GET", path, &[], b"")
+    }
+
+    pub fn post(&self, path: &str, body: &[u8]) -> Response {
+        request(self.addr, "POST", path, &[], body)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for exit, up to `limit`; None on timeout.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Value of an unlabelled or fully-labelled metric line, e.g.
+    /// `hashpress_pool_threads` or `name{a="b"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.get("/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): status {} body {:?}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(|s| s.as_str())
+    }
+
+    /// Asserts the JSON error shape and returns the code.
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without message: {v}"
+        );
+        v["error"].as_str().expect("error code").to_string()
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), path sent as is.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut s = connect(addr);
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+    {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may answer (e.g. 413) before reading the body: ignore write errors.
+    let _ = s.write_all(body);
+    read_response(&mut s)
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    s
+}
+
+/// Reads a whole response from a `Connection: close` stream.
+pub fn read_response(s: &mut TcpStream) -> Response {
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> Response {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+            .expect("chunk size");
+        data = &data[eol + 2..];
+        if size == 0 || data.len() < size {
+            out.extend_from_slice(&data[..size.min(data.len())]);
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Compressible text-like bytes.
+pub fn text_like(len: usize) -> Vec<u8> {
+    let words = [
+        "hash", "press", "stream", "gzip", "tokio", "pool", "root", "bytes\n",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = 0usize;
+    while out.len() < len {
+        out.extend_from_slice(words[(i * 7 + i / 3) % words.len()].as_bytes());
+        out.push(b' ');
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Digests of a file by Python's hashlib / blake3 / crc32c.
+pub fn oracle(path: &Path, algs: &str) -> HashMap<String, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oracle.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(path)
+        .arg(algs)
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "oracle failed (pip install blake3 crc32c?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Decompresses with the system `gzip -dc`.
+pub fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "gzip -d refused the stream: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Asserts the digests in a /hash answer equal the oracle's.
+pub fn assert_digests(resp: &Response, expected: &HashMap<String, String>, bytes: usize) {
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["bytes"].as_u64(), Some(bytes as u64));
+    for (alg, hex) in expected {
+        assert_eq!(v["digests"][alg].as_str(), Some(hex.as_str()), "{alg}");
+    }
+    let first = v["algorithm"].as_str().unwrap();
+    assert_eq!(v["hash"], v["digests"][first]);
+}

@@ -1,0 +1,9 @@
+//! One integration-test binary: every test starts the real `hashpress`
+//! binary on a free loopback port and talks HTTP to it.
+
+mod api;
+mod config;
+mod confinement;
+mod helpers;
+mod lifecycle;
+mod streaming;
