@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::body::BodyReader;
 use super::hash::{path_after, read_error, read_full, with_buffer};
+use super::parallel_gzip::{self, AUTO_PARALLEL_BYTES};
 use super::query::Query;
 use crate::error::ApiError;
 use crate::kernel::GzipStream;
@@ -52,23 +53,28 @@ pub async fn compress_file(
     RawQuery(q): RawQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let level = Query::parse(q.as_deref(), &["level"])?.level()?;
+    let query = Query::parse(q.as_deref(), &["level", "parallel"])?;
+    let level = query.level()?;
+    let parallel = query.parallel()?;
     let rel = path_after(req.uri().path(), "/compress/")?;
     let shown = rel.display();
     let root = st.root.clone();
     let first_shown = shown.clone();
-    let (file, gz, out, done) = st
+    // The first job opens the file: a request that cannot get a pool slot is
+    // refused before touching the disk.
+    let (file, size) = st
         .pool
         .try_run(move || {
-            let (mut file, _) = root
-                .open_file(&rel)
-                .map_err(|e| ApiError::from_open(e, &first_shown))?;
-            let mut gz = GzipStream::new(level);
-            let (out, done) =
-                compress_chunk(&mut file, &mut gz).map_err(|e| read_error(e, &first_shown))?;
-            Ok::<_, ApiError>((file, gz, out, done))
+            root.open_file(&rel)
+                .map_err(|e| ApiError::from_open(e, &first_shown))
         })
         .await??;
+    if parallel.unwrap_or(size >= AUTO_PARALLEL_BYTES) {
+        return Ok(gzip_response(parallel_gzip::file_body(
+            &st, file, size, level, shown,
+        )));
+    }
+    let (gz, out, done) = (GzipStream::new(level), Vec::new(), false);
 
     struct Progress {
         st: AppState,
@@ -147,8 +153,21 @@ pub async fn compress_body(
     RawQuery(q): RawQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let level = Query::parse(q.as_deref(), &["level"])?.level()?;
+    let query = Query::parse(q.as_deref(), &["level", "parallel"])?;
+    let level = query.level()?;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let parallel = query
+        .parallel()?
+        .unwrap_or(declared.is_some_and(|n| n >= AUTO_PARALLEL_BYTES));
     let body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
+    if parallel {
+        // Admission, as for the serial path: 503 now if the pool is full.
+        st.pool.try_run(|| ()).await?;
+        return Ok(gzip_response(parallel_gzip::body_body(&st, body, level)));
+    }
     // Admission: a request that cannot get a pool slot is refused now, with a
     // real 503, rather than after its response has started.
     let gz = st.pool.try_run(move || GzipStream::new(level)).await?;

@@ -5,6 +5,7 @@ mod compress;
 mod hash;
 mod health;
 mod observe;
+mod parallel_gzip;
 mod query;
 
 use std::sync::Arc;

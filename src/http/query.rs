@@ -63,6 +63,21 @@ impl Query {
     }
 }
 
+impl Query {
+    /// `parallel=1|0` (also true/false); `None` lets the server decide.
+    pub fn parallel(&self) -> Result<Option<bool>, ApiError> {
+        match self.get("parallel") {
+            None => Ok(None),
+            Some("1") | Some("true") => Ok(Some(true)),
+            Some("0") | Some("false") => Ok(Some(false)),
+            Some(v) => Err(ApiError::BadQuery(format!(
+                "parallel must be 1 or 0 (true or false), got '{}'",
+                v.escape_default()
+            ))),
+        }
+    }
+}
+
 fn decode(s: &str) -> Result<String, ApiError> {
     let plus = s.replace('+', " ");
     let bytes = percent_decode(plus.as_bytes())

@@ -3,6 +3,7 @@
 
 pub mod digest;
 pub mod gzip;
+pub mod pgzip;
 
 pub use digest::{Algorithm, AlgorithmList, Digests, MultiHasher};
 pub use gzip::{GzipStream, Level};

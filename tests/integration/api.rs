@@ -290,3 +290,48 @@ fn health_ready_and_metrics() {
         Some(21.0)
     );
 }
+
+#[test]
+fn parallel_gzip_is_one_valid_member_close_to_serial_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = text_like(9 * (1 << 20) + 12_345);
+    std::fs::write(dir.path().join("t.txt"), &data).unwrap();
+    std::fs::write(dir.path().join("small"), b"tiny").unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let serial = srv.get("/compress/t.txt?parallel=0");
+    let parallel = srv.get("/compress/t.txt?parallel=1");
+    let auto = srv.get("/compress/t.txt");
+    for r in [&serial, &parallel, &auto] {
+        assert_eq!(r.status, 200);
+        assert_eq!(gunzip(&r.body), data);
+    }
+    assert_eq!(
+        auto.body, parallel.body,
+        "large files go parallel by default"
+    );
+    let ratio = parallel.body.len() as f64 / serial.body.len() as f64;
+    assert!(ratio < 1.01, "parallel output {ratio:.4}x the serial size");
+    assert_eq!(gunzip(&srv.get("/compress/small?parallel=1").body), b"tiny");
+    // Bodies, declared and chunked.
+    let r = srv.post("/compress?parallel=1&level=1", &data);
+    assert_eq!(gunzip(&r.body), data);
+    let mut s = connect(srv.addr);
+    let mut reader = s.try_clone().unwrap();
+    let to_send = data.clone();
+    let writer = std::thread::spawn(move || {
+        s.write_all(b"POST /compress?parallel=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        for piece in to_send.chunks(100_003) {
+            write!(s, "{:x}\r\n", piece.len()).unwrap();
+            s.write_all(piece).unwrap();
+            s.write_all(b"\r\n").unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").unwrap();
+    });
+    let r = read_response(&mut reader);
+    writer.join().unwrap();
+    assert_eq!(gunzip(&r.body), data);
+    assert_eq!(gunzip(&srv.post("/compress?parallel=1", b"").body), b"");
+    let r = srv.get("/compress/t.txt?parallel=maybe");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_query"));
+}

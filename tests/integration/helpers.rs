@@ -286,17 +286,19 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Compressible text-like bytes.
+/// Compressible text-like bytes: words picked by a PRNG, so gzip sees
+/// realistic (not trivially periodic) input.
 pub fn text_like(len: usize) -> Vec<u8> {
     let words = [
-        "hash", "press", "stream", "gzip", "tokio", "pool", "root", "bytes\n",
+        "hash", "press", "stream", "gzip", "tokio", "pool", "root", "bytes\n", "the", "of",
+        "server", "digest", "block", "window", "client", "worker",
     ];
     let mut out = Vec::with_capacity(len + 16);
-    let mut i = 0usize;
+    let mut x: u32 = 12345;
     while out.len() < len {
-        out.extend_from_slice(words[(i * 7 + i / 3) % words.len()].as_bytes());
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        out.extend_from_slice(words[(x >> 16) as usize % words.len()].as_bytes());
         out.push(b' ');
-        i += 1;
     }
     out.truncate(len);
     out

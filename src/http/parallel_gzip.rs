@@ -1,0 +1,267 @@
+//! Parallel gzip for one large file or body: blocks of `pgzip::BLOCK` bytes
+//! are compressed as separate pool jobs, at most `window` at a time, and
+//! their output is sent in order as each completes.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::future::Future;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::Bytes;
+use flate2::Crc;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+
+use super::AppState;
+use super::body::BodyReader;
+use crate::error::ApiError;
+use crate::kernel::Level;
+use crate::kernel::pgzip::{self, BLOCK, Block, DICT};
+use crate::metrics::{Direction, Op};
+
+/// Inputs at or above this size are compressed in parallel unless the client
+/// asks otherwise: below it the stream fits in a few blocks and the
+/// serial encoder's single job is as fast.
+pub const AUTO_PARALLEL_BYTES: u64 = 4 << 20;
+
+type BlockJob = Pin<Box<dyn Future<Output = Result<Block, ApiError>> + Send>>;
+
+/// Blocks in flight, in input order.
+struct Pipeline {
+    st: AppState,
+    level: Level,
+    inflight: FuturesOrdered<BlockJob>,
+    /// Most blocks compressing or waiting at once: enough to keep every pool
+    /// thread busy, few enough that memory stays a handful of blocks.
+    window: usize,
+    crc: Crc,
+}
+
+impl Pipeline {
+    fn new(st: &AppState, level: Level) -> Pipeline {
+        Pipeline {
+            st: st.clone(),
+            level,
+            inflight: FuturesOrdered::new(),
+            window: st.pool.threads() + 1,
+            crc: Crc::new(),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.inflight.len() >= self.window
+    }
+
+    fn push<F>(&mut self, job: F)
+    where
+        F: FnOnce() -> Result<Block, ApiError> + Send + 'static,
+    {
+        let pool = self.st.pool.clone();
+        self.inflight
+            .push_back(Box::pin(async move { pool.run(job).await? }));
+    }
+
+    /// The next block's compressed bytes, in order; `None` when none is in flight.
+    async fn next(&mut self) -> Option<Result<Bytes, ApiError>> {
+        let block = self.inflight.next().await?;
+        Some(block.map(|b| {
+            self.crc.combine(&b.crc);
+            let m = &self.st.metrics;
+            m.add_bytes(Op::Compress, Direction::In, b.crc.amount() as u64);
+            m.add_bytes(Op::Compress, Direction::Out, b.deflated.len() as u64);
+            Bytes::from(b.deflated)
+        }))
+    }
+
+    fn trailer(&self) -> Bytes {
+        Bytes::copy_from_slice(&pgzip::trailer(&self.crc))
+    }
+}
+
+fn stream_error(e: ApiError) -> std::io::Error {
+    std::io::Error::other(format!("{}: {}", e.code(), e.message()))
+}
+
+/// Streams `file` (of `size` bytes at open) as one gzip member. Each job
+/// reads its own block and the 32 KiB before it with `pread`, so blocks
+/// need nothing from each other but their position.
+pub fn file_body(st: &AppState, file: File, size: u64, level: Level, shown: String) -> Body {
+    struct State {
+        file: Arc<File>,
+        shown: Arc<str>,
+        size: u64,
+        blocks: u64,
+        next_block: u64,
+        pipe: Pipeline,
+        header_sent: bool,
+        finished: bool,
+    }
+    let state = State {
+        file: Arc::new(file),
+        shown: Arc::from(shown),
+        size,
+        blocks: size.div_ceil(BLOCK as u64).max(1),
+        next_block: 0,
+        pipe: Pipeline::new(st, level),
+        header_sent: false,
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        if s.finished {
+            return None;
+        }
+        if !s.header_sent {
+            s.header_sent = true;
+            return Some((Ok(Bytes::copy_from_slice(&pgzip::header(s.pipe.level))), s));
+        }
+        while !s.pipe.full() && s.next_block < s.blocks {
+            let i = s.next_block;
+            s.next_block += 1;
+            let (file, shown, level, size, last) = (
+                s.file.clone(),
+                s.shown.clone(),
+                s.pipe.level,
+                s.size,
+                i + 1 == s.blocks,
+            );
+            s.pipe.push(move || {
+                let start = i * BLOCK as u64;
+                let dict_start = start.saturating_sub(DICT as u64);
+                let end = (start + BLOCK as u64).min(size);
+                let mut buf = vec![0u8; (end - dict_start) as usize];
+                let n = read_at_full(&file, &mut buf, dict_start)
+                    .map_err(|e| ApiError::Internal(format!("reading '{shown}': {e}")))?;
+                if n < buf.len() {
+                    return Err(ApiError::SourceChanged(format!(
+                        "'{shown}' shrank while it was compressed"
+                    )));
+                }
+                let split = (start - dict_start) as usize;
+                Ok(pgzip::compress_block(
+                    &buf[split..],
+                    &buf[..split],
+                    level,
+                    last,
+                ))
+            });
+        }
+        match s.pipe.next().await {
+            Some(Ok(bytes)) => Some((Ok(bytes), s)),
+            Some(Err(e)) => {
+                s.finished = true;
+                Some((Err(stream_error(e)), s))
+            }
+            None => {
+                s.finished = true;
+                let t = s.pipe.trailer();
+                Some((Ok(t), s))
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// Streams a request body as one gzip member, compressing blocks in
+/// parallel as they fill. Reading the body pauses while the window is
+/// full, so a fast sender meets TCP backpressure, not a growing queue.
+pub fn body_body(st: &AppState, body: BodyReader, level: Level) -> Body {
+    struct State {
+        body: BodyReader,
+        pipe: Pipeline,
+        /// Input collected for the next block.
+        pending: Vec<u8>,
+        /// The last `DICT` bytes before `pending`.
+        dict: Bytes,
+        header_sent: bool,
+        body_done: bool,
+        finished: bool,
+        /// Compressed blocks ready to send, in order.
+        ready: VecDeque<Bytes>,
+    }
+    let state = State {
+        body,
+        pipe: Pipeline::new(st, level),
+        pending: Vec::with_capacity(BLOCK),
+        dict: Bytes::new(),
+        header_sent: false,
+        body_done: false,
+        finished: false,
+        ready: VecDeque::new(),
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        if s.finished {
+            return None;
+        }
+        if !s.header_sent {
+            s.header_sent = true;
+            return Some((Ok(Bytes::copy_from_slice(&pgzip::header(s.pipe.level))), s));
+        }
+        loop {
+            if let Some(b) = s.ready.pop_front() {
+                return Some((Ok(b), s));
+            }
+            // Fill and dispatch blocks while there is room in the window.
+            while !s.body_done && !s.pipe.full() {
+                match s.body.next().await {
+                    Err(e) => {
+                        s.finished = true;
+                        return Some((Err(stream_error(e)), s));
+                    }
+                    Ok(None) => {
+                        s.body_done = true;
+                        let input = std::mem::take(&mut s.pending);
+                        let (dict, level) = (s.dict.clone(), s.pipe.level);
+                        s.pipe
+                            .push(move || Ok(pgzip::compress_block(&input, &dict, level, true)));
+                    }
+                    Ok(Some(mut chunk)) => {
+                        while !chunk.is_empty() {
+                            let take = (BLOCK - s.pending.len()).min(chunk.len());
+                            s.pending.extend_from_slice(&chunk.split_to(take));
+                            if s.pending.len() == BLOCK {
+                                let input =
+                                    std::mem::replace(&mut s.pending, Vec::with_capacity(BLOCK));
+                                let dict = s.dict.clone();
+                                s.dict = Bytes::copy_from_slice(&input[BLOCK - DICT..]);
+                                let level = s.pipe.level;
+                                s.pipe.push(move || {
+                                    Ok(pgzip::compress_block(&input, &dict, level, false))
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            match s.pipe.next().await {
+                Some(Ok(b)) => s.ready.push_back(b),
+                Some(Err(e)) => {
+                    s.finished = true;
+                    return Some((Err(stream_error(e)), s));
+                }
+                None if s.body_done => {
+                    s.finished = true;
+                    let t = s.pipe.trailer();
+                    return Some((Ok(t), s));
+                }
+                None => {}
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
