@@ -100,6 +100,13 @@ pub struct ServeArgs {
           value_parser = parse_limit)]
     pub max_body: Limit,
 
+    /// Memory for cached file digests (`GET /hash-file`), in bytes (suffixes as for
+    /// --max-body); 0 turns the cache off. Entries are keyed by device, inode, size, mtime
+    /// and ctime, so a changed file is never answered from the cache.
+    #[arg(long, env = "HASHPRESS_DIGEST_CACHE", default_value = "0", value_name = "SIZE",
+          value_parser = parse_size)]
+    pub digest_cache: u64,
+
     /// Largest request head (request line and headers), in bytes; larger gets 431.
     #[arg(long, env = "HASHPRESS_MAX_HEADER_BYTES", default_value = "64KiB", value_name = "SIZE",
           value_parser = parse_size)]

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod cpu_pool;
+pub mod digest_cache;
 pub mod error;
 pub mod http;
 pub mod kernel;

@@ -117,6 +117,8 @@ pub struct Slot {
     /// ahead of its increment never wraps.
     pool_queued: AtomicI64,
     pool_busy: AtomicI64,
+    /// `--digest-cache` lookups: [miss, hit].
+    digest_cache: [AtomicU64; 2],
 }
 
 impl Slot {
@@ -152,6 +154,10 @@ impl Slot {
 
     pub fn add_pool_rejected(&self) {
         self.pool_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_digest_cache(&self, hit: bool) {
+        self.digest_cache[hit as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn pool_enqueued(&self) {
@@ -268,6 +274,15 @@ pub fn render(slots: &[&Slot], gauges: &Gauges) -> String {
         "hashpress_pool_rejected_total {}",
         sum(&|slot| &slot.pool_rejected)
     );
+    out.push_str("# HELP hashpress_digest_cache_requests_total GET /hash-file lookups in the --digest-cache.\n");
+    out.push_str("# TYPE hashpress_digest_cache_requests_total counter\n");
+    for (i, result) in ["miss", "hit"].iter().enumerate() {
+        let n = sum(&|slot| &slot.digest_cache[i]);
+        let _ = writeln!(
+            out,
+            "hashpress_digest_cache_requests_total{{result=\"{result}\"}} {n}"
+        );
+    }
     for (name, help, v) in [
         (
             "hashpress_pool_queue_depth",

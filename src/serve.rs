@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::config::ServeArgs;
 use crate::cpu_pool::CpuPool;
+use crate::digest_cache::DigestCache;
 use crate::http::{AppState, Inner, app};
 use crate::metrics::Slot;
 use crate::root::Root;
@@ -28,6 +29,8 @@ pub async fn serve(args: ServeArgs, listener: TcpListener, root: Root) {
             pool,
             metrics,
             draining: draining.clone(),
+            digest_cache: (args.digest_cache > 0)
+                .then(|| Arc::new(DigestCache::new(args.digest_cache))),
             allow_write: args.allow_write,
             max_body: args.max_body,
             body_read_timeout: args.body_read_timeout,

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::{RawQuery, Request, State};
@@ -10,6 +11,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::body::BodyReader;
 use super::query::Query;
+use crate::digest_cache::Key;
 use crate::error::ApiError;
 use crate::kernel::{Digests, MultiHasher};
 use crate::metrics::{Direction, Op};
@@ -48,20 +50,50 @@ pub async fn hash_file(
     let rel = path_after(req.uri().path(), "/hash-file/")?;
     let shown = rel.display();
     let root = st.root.clone();
+    let cache = st.digest_cache.clone();
     let shown2 = shown.clone();
+    let started = SystemTime::now();
     // The first job opens the file: a request that cannot get a pool slot is
     // refused before touching the disk.
-    let (mut file, mut hasher, mut done) = st
+    let first = st
         .pool
         .try_run(move || {
             let (mut file, _) = root
                 .open_file(&rel)
                 .map_err(|e| ApiError::from_open(e, &shown2))?;
+            let key = match &cache {
+                Some(cache) => {
+                    let meta = file.metadata().map_err(|e| read_error(e, &shown2))?;
+                    let key = Key::new(&meta, &algs);
+                    if let Some(hit) = cache.get(&key) {
+                        return Ok(Step::Cached(hit));
+                    }
+                    Some(key)
+                }
+                None => None,
+            };
             let mut hasher = MultiHasher::new(&algs);
             let done = hash_chunk(&mut file, &mut hasher).map_err(|e| read_error(e, &shown2))?;
-            Ok::<_, ApiError>((file, hasher, done))
+            Ok::<_, ApiError>(Step::Hashing {
+                file,
+                hasher,
+                done,
+                key,
+            })
         })
         .await??;
+    let (mut file, mut hasher, mut done, key) = match first {
+        Step::Cached(digests) => {
+            st.metrics.add_digest_cache(true);
+            return Ok(Json(digest_json(&digests, Some(&shown))));
+        }
+        Step::Hashing {
+            file,
+            hasher,
+            done,
+            key,
+        } => (file, hasher, done, key),
+    };
     while !done {
         let shown = shown.clone();
         // If the client goes away, this future is dropped and no further job
@@ -76,7 +108,29 @@ pub async fn hash_file(
     }
     st.metrics
         .add_bytes(Op::Hash, Direction::In, hasher.bytes());
-    Ok(Json(digest_json(&hasher.finish(), Some(&shown))))
+    let digests = hasher.finish();
+    if let (Some(cache), Some(before)) = (&st.digest_cache, key) {
+        st.metrics.add_digest_cache(false);
+        // Same identity after the last read as at open: the digest is of
+        // one version of the file, and may be reused for that version.
+        if let Ok(meta) = file.metadata() {
+            let after = before.refreshed(&meta);
+            cache.insert(before, &after, &digests, started);
+        }
+    }
+    Ok(Json(digest_json(&digests, Some(&shown))))
+}
+
+/// What the first job of `hash_file` found.
+enum Step {
+    Cached(Digests),
+    Hashing {
+        file: File,
+        hasher: MultiHasher,
+        done: bool,
+        /// The cache key taken at open, when the cache is on.
+        key: Option<Key>,
+    },
 }
 
 /// Reads up to `FILE_CHUNK` bytes into the hasher; true at end of file.

@@ -34,6 +34,8 @@ pub struct Inner {
     pub metrics: Arc<Slot>,
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     pub draining: Arc<AtomicBool>,
+    /// `--digest-cache`: None when off.
+    pub digest_cache: Option<Arc<crate::digest_cache::DigestCache>>,
     /// `--allow-write`.
     pub allow_write: bool,
     /// `--max-body`.

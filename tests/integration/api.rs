@@ -335,3 +335,57 @@ fn parallel_gzip_is_one_valid_member_close_to_serial_size() {
     let r = srv.get("/compress/t.txt?parallel=maybe");
     assert_eq!((r.status, r.error_code().as_str()), (400, "bad_query"));
 }
+
+#[test]
+fn digest_cache_answers_repeats_and_is_never_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f.bin");
+    let other = dir.path().join("other.bin");
+    std::fs::write(&p, pseudo_random(2 << 20, 1)).unwrap();
+    std::fs::write(&other, pseudo_random(2 << 20, 2)).unwrap();
+    let srv = Server::start(dir.path(), &["--digest-cache", "1MiB"]);
+    let hits = |srv: &Server| {
+        srv.metric(r#"hashpress_digest_cache_requests_total{result="hit"}"#)
+            .unwrap()
+    };
+    let check = |srv: &Server, expect_hit: bool| {
+        let before = hits(srv);
+        let r = srv.get("/hash-file/f.bin?alg=sha256,crc32c");
+        let want = oracle(&p, "sha256,crc32c");
+        assert_digests(&r, &want, std::fs::metadata(&p).unwrap().len() as usize);
+        assert_eq!(
+            hits(srv) > before,
+            expect_hit,
+            "cache hit expected: {expect_hit}"
+        );
+    };
+    // The first request of a version is always computed; once the file is
+    // older than the racy window (1 s), the next one is answered from cache.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    check(&srv, false);
+    check(&srv, true);
+    // Rewritten in place, same size.
+    std::fs::write(&p, pseudo_random(2 << 20, 3)).unwrap();
+    check(&srv, false);
+    // Truncated.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    check(&srv, false);
+    // Replaced by rename.
+    std::fs::rename(&other, &p).unwrap();
+    check(&srv, false);
+    // Touched: content unchanged, identity changed — recomputed, still right.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    check(&srv, false);
+    check(&srv, true);
+    let f = std::fs::File::options().write(true).open(&p).unwrap();
+    f.set_modified(std::time::SystemTime::now()).unwrap();
+    check(&srv, false);
+    // A different algorithm list is a different entry.
+    let r = srv.get("/hash-file/f.bin?alg=md5");
+    assert_eq!(r.status, 200);
+}
