@@ -65,16 +65,16 @@ fn systemd_fd() -> Result<Option<RawFd>, String> {
 /// # Safety
 /// `fd` must be open and owned by nobody else in this process.
 pub unsafe fn inherit(fd: RawFd) -> io::Result<TcpListener> {
-    // SAFETY: the caller vouches for the descriptor.
-    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    // Check before taking ownership: a descriptor that is not what we were
+    // told is not ours to close.
     if sockopt(fd, libc::SO_TYPE)? != libc::SOCK_STREAM || sockopt(fd, libc::SO_ACCEPTCONN)? != 1 {
-        // Do not close a descriptor we have just found out is not ours to use.
-        std::mem::forget(listener);
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("fd {fd} is not a listening stream socket"),
         ));
     }
+    // SAFETY: the caller vouches for the descriptor.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
     set_cloexec(listener.as_raw_fd(), true)?;
     Ok(listener)
 }

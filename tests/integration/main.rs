@@ -1,0 +1,4 @@
+//! One integration-test binary: every test starts the real `hashpress`
+//! binary on a free loopback port and talks HTTP to it.
+
+mod cluster;
