@@ -139,6 +139,26 @@ pub struct ServeArgs {
           value_parser = parse_duration)]
     pub grace: Duration,
 
+    /// Worker processes. 0 = serve in this one process (no supervisor); N >= 1 = this
+    /// process becomes a supervisor that binds the socket once and runs N worker
+    /// processes sharing it, restarting crashed ones and reloading them on SIGHUP.
+    #[arg(long, env = "HASHPRESS_WORKERS", default_value = "2", value_name = "N")]
+    pub workers: usize,
+
+    /// Cluster mode: how long a new worker may take to report ready (at start, after a
+    /// crash, on SIGHUP reload) before it is killed, or the reload abandoned and the old
+    /// workers kept (units: ms, s, m; a bare number is seconds).
+    #[arg(long, env = "HASHPRESS_READY_TIMEOUT", default_value = "30s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// Cluster mode: a worker whose resident memory (VmRSS, checked every second) passes
+    /// this size is recycled gracefully: a replacement starts, and once it is ready the
+    /// old worker drains (suffixes K, M, G, KiB, MiB, GiB), or `unlimited` (the default).
+    #[arg(long, env = "HASHPRESS_MAX_WORKER_RSS", default_value = "unlimited", value_name = "SIZE",
+          value_parser = parse_limit)]
+    pub max_worker_rss: Limit,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive like `hashpress=debug`.
     #[arg(
         long,

@@ -2,7 +2,8 @@
 //!
 //! `kernel` holds the pure digest and gzip code; `http` the API; `server`
 //! the accept loop; `cpu_pool` the bounded pool that runs heavy work;
-//! `root` confines every file access to the served directory.
+//! `root` confines every file access to the served directory;
+//! `supervisor` runs the cluster mode (one supervisor, N worker processes).
 
 pub mod config;
 pub mod cpu_pool;
@@ -16,3 +17,4 @@ pub mod root;
 pub mod serve;
 pub mod server;
 pub mod shutdown;
+pub mod supervisor;

@@ -9,11 +9,7 @@ use crate::config::LogFormat;
 pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
     let filter =
         EnvFilter::try_new(filter).map_err(|e| format!("invalid --log-level '{filter}': {e}"))?;
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Human => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
+    let json = wants_json(format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -25,4 +21,15 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
             .try_init()
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))
+}
+
+/// Whether `format` means JSON lines for this process's stderr. The
+/// supervisor resolves `auto` once and hands the answer to its workers,
+/// whose stderr is a pipe to it and would otherwise always look like JSON.
+pub fn wants_json(format: LogFormat) -> bool {
+    match format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hashpress::config::{Cli, Command, apply_config_file};
 use hashpress::root::Root;
+use hashpress::supervisor;
 
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -14,15 +15,26 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(argv);
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => {
+            // Started by a supervisor: the worker role, whatever --workers says.
+            if let Some(id) = supervisor::child::worker_id() {
+                return supervisor::child::run(args, id);
+            }
+            if let Err(e) = hashpress::logging::init(&args.log_level, args.log_format) {
+                eprintln!("hashpress: {e}");
+                return ExitCode::from(2);
+            }
+            if args.workers == 0 {
+                serve(args)
+            } else {
+                supervisor::run(args)
+            }
+        }
     }
 }
 
+/// `--workers 0`: serve in this process.
 fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
-    if let Err(e) = hashpress::logging::init(&args.log_level, args.log_format) {
-        eprintln!("hashpress: {e}");
-        return ExitCode::from(2);
-    }
     let root = match Root::open(&args.root) {
         Ok(r) => r,
         Err(e) => {

@@ -16,6 +16,39 @@ use crate::shutdown;
 
 /// Runs the server on `listener` until SIGTERM/SIGINT and the drain that follows.
 pub async fn serve(args: ServeArgs, listener: TcpListener, root: Root) {
+    let (trigger, shutdown) = shutdown::channel();
+    tokio::spawn(async move {
+        shutdown::terminate_signal().await;
+        trigger.trigger();
+        // A second signal means "now": skip the rest of the drain.
+        shutdown::terminate_signal().await;
+        tracing::warn!("second signal: exiting without waiting for the drain");
+        std::process::exit(0);
+    });
+    serve_until(args, listener, root, shutdown, ServeHooks::default()).await;
+}
+
+/// What differs when a supervisor runs this process as one of its workers.
+#[derive(Default)]
+pub struct ServeHooks {
+    /// Called once the state is built, just before the first accept: a
+    /// worker tells its supervisor it is ready here.
+    pub on_ready: Option<Box<dyn FnOnce() + Send>>,
+    /// After the drain starts, how long idle keep-alive connections are left
+    /// open so that their next request can still be answered (with
+    /// `Connection: close`) instead of being cut under a client that is
+    /// sending it. Zero (single process) closes idle connections at once.
+    pub drain_linger: std::time::Duration,
+}
+
+/// Serves until `shutdown` fires, then drains; signal handling is the caller's.
+pub async fn serve_until(
+    args: ServeArgs,
+    listener: TcpListener,
+    root: Root,
+    shutdown: shutdown::Shutdown,
+    hooks: ServeHooks,
+) {
     let metrics: Arc<Slot> = Arc::from(Slot::new_boxed());
     let pool = CpuPool::new(
         args.effective_pool_threads(),
@@ -41,15 +74,10 @@ pub async fn serve(args: ServeArgs, listener: TcpListener, root: Root) {
         max_header_bytes: args.max_header_bytes.min(usize::MAX as u64) as usize,
         max_connections: args.max_connections,
         grace: args.grace,
+        drain_linger: hooks.drain_linger,
     };
-    let (trigger, shutdown) = shutdown::channel();
-    tokio::spawn(async move {
-        shutdown::terminate_signal().await;
-        trigger.trigger();
-        // A second signal means "now": skip the rest of the drain.
-        shutdown::terminate_signal().await;
-        tracing::warn!("second signal: exiting without waiting for the drain");
-        std::process::exit(0);
-    });
+    if let Some(ready) = hooks.on_ready {
+        ready();
+    }
     server::run(listener, app(state), opts, shutdown, draining).await;
 }

@@ -25,6 +25,11 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// How long the drain may take after shutdown begins (`--grace`).
     pub grace: Duration,
+    /// How long idle keep-alive connections stay open once the drain begins,
+    /// so that a request already on its way is answered (with
+    /// `Connection: close`) rather than met by a closed socket. Zero closes
+    /// them at once (single process: nobody else will serve the client).
+    pub drain_linger: Duration,
 }
 
 /// Serves `app` on an already-bound `listener` until `shutdown` fires, then
@@ -38,7 +43,29 @@ pub async fn run(
     draining: Arc<AtomicBool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let max_connections = opts
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let slots = Arc::new(Semaphore::new(max_connections));
+    // While draining, every answer tells its client to reconnect: in cluster
+    // mode the reconnection lands on a worker that is not going away.
+    let app = {
+        let draining = draining.clone();
+        app.layer(axum::middleware::map_response(
+            move |mut resp: axum::response::Response| {
+                let draining = draining.load(Ordering::Relaxed);
+                async move {
+                    if draining {
+                        resp.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
+                    resp
+                }
+            },
+        ))
+    };
     loop {
         // Hold a slot before accepting: at the limit, new clients wait in the
         // kernel's queue instead of being accepted and starved.
@@ -77,14 +104,25 @@ pub async fn run(
     }
     draining.store(true, Ordering::SeqCst);
     // Closing the listener now makes new connections fail fast (refused)
-    // rather than queue behind a server that will not accept them.
+    // rather than queue behind a server that will not accept them. (In
+    // cluster mode this closes only our copy: the socket stays open in the
+    // supervisor and the other workers, so queued connections go to them.)
     drop(listener);
     tracing::info!(
         grace_ms = opts.grace.as_millis() as u64,
         "draining in-flight requests"
     );
+    let deadline = tokio::time::Instant::now() + opts.grace;
+    if !opts.drain_linger.is_zero() {
+        // Every permit back means every connection has closed by itself.
+        let all_closed = slots.acquire_many(max_connections as u32);
+        tokio::select! {
+            _ = all_closed => {}
+            _ = tokio::time::sleep(opts.drain_linger.min(opts.grace)) => {}
+        }
+    }
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("drained; all connections closed"),
-        _ = tokio::time::sleep(opts.grace) => tracing::warn!("grace period over; closing the remaining connections"),
+        _ = tokio::time::sleep_until(deadline) => tracing::warn!("grace period over; closing the remaining connections"),
     }
 }

@@ -12,9 +12,13 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::{Gauges, render};
 
-/// Alive: the process answers HTTP.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Alive: the process answers HTTP. `x-worker-pid` names the process that
+/// answered, so one can tell cluster workers apart from outside.
+pub async fn healthz() -> Response {
+    let mut resp = Json(json!({ "status": "ok" })).into_response();
+    resp.headers_mut()
+        .insert("x-worker-pid", HeaderValue::from(std::process::id()));
+    resp
 }
 
 /// Ready: serving, and not draining.

@@ -44,6 +44,12 @@ impl Server {
                 cmd.env_remove(k);
             }
         }
+        // One process unless the test asks for workers: what these tests
+        // measure (memory, pids, signals) is then the serving process itself.
+        // Cluster behaviour has its own tests in cluster.rs.
+        if !args.contains(&"--workers") {
+            cmd.arg("--workers").arg("0");
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -53,7 +53,9 @@ fn one_gib_upload_keeps_memory_flat() {
 #[test]
 fn concurrent_uploads_and_files_are_all_correct() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = Server::start(dir.path(), &[]);
+    // A queue deep enough for all 16 at once: this test is about correctness
+    // under concurrency, not shedding (which has its own test).
+    let srv = Server::start(dir.path(), &["--pool-queue", "64"]);
     let addr = srv.addr;
     let mut handles = Vec::new();
     for i in 0..16u64 {

@@ -1,0 +1,154 @@
+//! The worker role: what a process started by the supervisor runs.
+//!
+//! It serves exactly like the single-process server, on the socket it
+//! inherited, and differs only in its signals: SIGTERM/SIGINT drain (again
+//! and again: only the supervisor decides to hurry), SIGQUIT exits at once.
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config::{LogFormat, ServeArgs};
+use crate::root::Root;
+use crate::serve::{ServeHooks, serve_until};
+use crate::shutdown;
+
+use super::listener;
+use super::worker::{ENV_LISTEN_FD, ENV_LOG_JSON, ENV_READY_FD, ENV_WORKER, READY_LINE};
+
+/// How long idle keep-alive connections of a draining worker wait for one
+/// more request before being closed. Long enough for a busy client to send
+/// its next request and be told `Connection: close`.
+const DRAIN_LINGER: Duration = Duration::from_secs(2);
+
+/// The worker id when this process was started as a worker.
+pub fn worker_id() -> Option<usize> {
+    std::env::var(ENV_WORKER).ok()?.parse().ok()
+}
+
+fn env_fd(name: &str) -> Result<RawFd, String> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd: &RawFd| *fd > 2)
+        .ok_or_else(|| format!("{name} is missing or not a descriptor number"))
+}
+
+/// Runs worker `id` until it has drained.
+pub fn run(args: ServeArgs, id: usize) -> ExitCode {
+    let format = match (args.log_format, std::env::var(ENV_LOG_JSON).as_deref()) {
+        (LogFormat::Auto, Ok("1")) => LogFormat::Json,
+        (LogFormat::Auto, Ok(_)) => LogFormat::Human,
+        (f, _) => f,
+    };
+    if let Err(e) = crate::logging::init(&args.log_level, format) {
+        eprintln!("hashpress worker {id}: {e}");
+        return ExitCode::from(2);
+    }
+    let (listen_fd, ready_fd) = match (env_fd(ENV_LISTEN_FD), env_fd(ENV_READY_FD)) {
+        (Ok(l), Ok(r)) => (l, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("hashpress worker {id}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: the supervisor passed these descriptors to us alone.
+    let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+    if let Err(e) = listener::set_cloexec(ready_fd, true) {
+        eprintln!("hashpress worker {id}: readiness pipe: {e}");
+        return ExitCode::from(2);
+    }
+    // SAFETY: as above.
+    let std_listener = match unsafe { listener::inherit(listen_fd) } {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hashpress worker {id}: inherited socket: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let root = match Root::open(&args.root) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "hashpress: cannot serve --root {}: {e}",
+                args.root.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hashpress-io")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hashpress: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        // Non-blocking is a property of the shared open socket: every worker
+        // sets it, and the supervisor never accepts, so all agree.
+        let listener = match std_listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("hashpress worker {id}: inherited socket: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (trigger, shutdown) = shutdown::channel();
+        tokio::spawn(worker_signals(trigger));
+        let on_ready = Box::new(move || {
+            // The supervisor's log adds this worker's id and pid to the line.
+            tracing::info!("accepting connections");
+            let mut pipe = std::fs::File::from(ready);
+            // If the supervisor cannot hear us it will time us out; nothing to add.
+            let _ = pipe.write_all(READY_LINE);
+        });
+        let hooks = ServeHooks {
+            on_ready: Some(on_ready),
+            drain_linger: DRAIN_LINGER,
+        };
+        serve_until(args, listener, root, shutdown, hooks).await;
+        tracing::info!("worker drained; exiting");
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGTERM/SIGINT start the drain; SIGQUIT exits now.
+async fn worker_signals(trigger: shutdown::ShutdownTrigger) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        std::process::exit(1);
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = quit.recv() => {
+                tracing::warn!("SIGQUIT: exiting without draining");
+                std::process::exit(0);
+            }
+        }
+        if !trigger_once(&trigger) {
+            tracing::info!("draining");
+        }
+    }
+}
+
+/// Fires the trigger; true if it had fired already.
+fn trigger_once(trigger: &shutdown::ShutdownTrigger) -> bool {
+    let already = trigger.subscribe().is_shutdown();
+    trigger.trigger();
+    already
+}

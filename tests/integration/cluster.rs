@@ -1,0 +1,706 @@
+//! Cluster mode: a supervisor and its workers, real processes and real
+//! signals on loopback. Each test bounds its own running time.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hashpress");
+
+/// A supervisor with its workers; killed (with them) when dropped.
+struct Cluster {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Cluster {
+    fn start(root: &Path, args: &[&str]) -> Cluster {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--root",
+        ])
+        .arg(root)
+        .args(args);
+        Cluster::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Cluster {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HASHPRESS_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawning hashpress");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            // Keep draining: a full pipe would block the supervisor.
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(i) = line.find("listening on http://") {
+                        let rest = &line[i + "listening on http://".len()..];
+                        let end = rest
+                            .find(|c: char| c == '"' || c.is_whitespace())
+                            .unwrap_or(rest.len());
+                        let _ = tx.send(rest[..end].to_string());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(a) => a.parse().expect("address in the log"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "no 'listening on' ({status:?}); log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let c = Cluster { child, addr, log };
+        c.wait_log(Duration::from_secs(15), |v| {
+            v["message"] == "all workers ready"
+        });
+        c
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// The supervisor's own JSON log records (worker lines carry a "worker"
+    /// field first and are included too).
+    fn records(&self) -> Vec<Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn count(&self, message: &str) -> usize {
+        self.records()
+            .iter()
+            .filter(|v| v["message"] == message)
+            .count()
+    }
+
+    /// Waits for a record matching `f`; panics with the log on timeout.
+    fn wait_log(&self, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(v) = self.records().into_iter().find(&f) {
+                return v;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "log line not seen; log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+
+    /// Pids that the supervisor reported ready, with their generation.
+    fn ready_pids(&self) -> Vec<(u32, u64)> {
+        self.records()
+            .iter()
+            .filter(|v| v["message"] == "worker ready")
+            .map(|v| {
+                (
+                    v["pid"].as_u64().unwrap() as u32,
+                    v["generation"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Live direct children of the supervisor, read from /proc.
+    fn children(&self) -> Vec<i32> {
+        children_of(self.pid())
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Workers follow through their parent-death signal.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn children_of(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state, ppid, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next();
+        if state != Some("Z") && f.next().and_then(|p| p.parse().ok()) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A parsed HTTP response.
+struct Resp {
+    status: u16,
+    close: bool,
+    worker_pid: Option<u32>,
+    body: Vec<u8>,
+}
+
+/// Reads one response (Content-Length bodies only: all ours are).
+fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let (mut len, mut close, mut worker_pid) = (0usize, false, None);
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap_or((l, ""));
+        let (k, v) = (k.to_ascii_lowercase(), v.trim());
+        match k.as_str() {
+            "content-length" => len = v.parse().unwrap_or(0),
+            "connection" => close = v.eq_ignore_ascii_case("close"),
+            "x-worker-pid" => worker_pid = v.parse().ok(),
+            _ => {}
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(Resp {
+        status,
+        close,
+        worker_pid,
+        body,
+    })
+}
+
+/// One request on a fresh connection.
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )?;
+    read_resp(&mut BufReader::new(s))
+}
+
+/// Counts from a load run.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    non_2xx: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// `clients` keep-alive connections posting "hello" to /hash in a loop, as
+/// wrk does: reconnect when told `Connection: close`, count an error when a
+/// connection fails instead.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, tally) = (stop.clone(), tally.clone());
+                thread::spawn(move || {
+                    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        if conn.is_none() {
+                            match TcpStream::connect(addr) {
+                                Ok(s) => {
+                                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                                    let r = BufReader::new(s.try_clone().unwrap());
+                                    conn = Some((s, r));
+                                }
+                                Err(_) => {
+                                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                                    thread::sleep(Duration::from_millis(10));
+                                    continue;
+                                }
+                            }
+                        }
+                        let (s, r) = conn.as_mut().unwrap();
+                        let res = s
+                            .write_all(
+                                b"POST /hash HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+                            )
+                            .and_then(|()| read_resp(r));
+                        match res {
+                            Ok(resp) => {
+                                if (200..300).contains(&resp.status) {
+                                    tally.ok.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    tally.non_2xx.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if resp.close {
+                                    conn = None;
+                                }
+                            }
+                            Err(_) => {
+                                tally.errors.fetch_add(1, Ordering::Relaxed);
+                                conn = None;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tally,
+            threads,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.tally.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops and returns (ok, non-2xx, errors).
+    fn finish(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let t = &self.tally;
+        (
+            t.ok.load(Ordering::Relaxed),
+            t.non_2xx.load(Ordering::Relaxed),
+            t.errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn workers_share_one_socket_and_say_who_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), &["--workers", "2"]);
+    let kids: HashSet<u32> = c.children().into_iter().map(|p| p as u32).collect();
+    assert_eq!(kids.len(), 2, "two workers, direct children");
+    let ready: HashSet<u32> = c.ready_pids().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(kids, ready);
+    for _ in 0..10 {
+        let r = get(c.addr, "/healthz").unwrap();
+        assert_eq!(r.status, 200);
+        assert!(
+            kids.contains(&r.worker_pid.unwrap()),
+            "answered by a worker"
+        );
+    }
+    // Worker output reaches the supervisor's log, tagged.
+    c.wait_log(Duration::from_secs(5), |v| {
+        v["message"] == "accepting connections" && v["worker"].is_u64()
+    });
+}
+
+#[test]
+fn sigkilled_worker_under_load_is_replaced_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), &["--workers", "2"]);
+    let clients = 16;
+    let load = Load::start(c.addr, clients);
+    thread::sleep(Duration::from_millis(500));
+    let first: HashSet<u64> = c.ready_pids().iter().map(|(p, _)| *p as u64).collect();
+    let victim = c.ready_pids()[0].0;
+    let killed_at = Instant::now();
+    // SAFETY: kill(2) on a worker of our child.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    c.wait_log(Duration::from_secs(3), |v| {
+        v["message"] == "worker ready" && v["pid"].as_u64().is_some_and(|p| !first.contains(&p))
+    });
+    let took = killed_at.elapsed();
+    let ok_before = load.ok();
+    thread::sleep(Duration::from_millis(700));
+    assert!(load.ok() > ok_before, "service continued after the kill");
+    let (ok, non_2xx, errors) = load.finish();
+    eprintln!("SIGKILL under load: replaced in {took:?}; ok={ok} non2xx={non_2xx} errors={errors}");
+    assert!(took < Duration::from_secs(1), "replacement took {took:?}");
+    assert_eq!(non_2xx, 0);
+    // Only requests in flight on the killed worker may fail: one per client at most.
+    assert!(
+        errors <= clients as u64,
+        "{errors} failures for {clients} clients"
+    );
+}
+
+#[test]
+fn a_worker_killed_again_and_again_backs_off_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), &["--workers", "2"]);
+    let started_before = c.count("worker started");
+    let end = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < end {
+        for pid in c.children() {
+            // SAFETY: kill(2) on a worker of our child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let forks = c.count("worker started") - started_before;
+    eprintln!("kill loop: {forks} forks in 6 s for 2 workers");
+    assert!(forks <= 36, "{forks} forks in 6 s");
+    assert!(forks >= 4, "workers were restarted at all ({forks})");
+    // The service comes back by itself.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if get(c.addr, "/healthz").is_ok_and(|r| r.status == 200) && c.children().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < end, "service did not come back");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_under_load_drops_nothing_and_replaces_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), &["--workers", "2", "--grace", "10s"]);
+    let old: HashSet<u32> = c.ready_pids().into_iter().map(|(p, _)| p).collect();
+    let load = Load::start(c.addr, 64);
+    thread::sleep(Duration::from_millis(800));
+    c.signal(libc::SIGHUP);
+    c.wait_log(Duration::from_secs(20), |v| {
+        v["message"] == "reload: new workers ready; draining the old ones"
+    });
+    // Wait until the old generation has exited, under load all along.
+    let end = Instant::now() + Duration::from_secs(15);
+    while c.children().iter().any(|p| old.contains(&(*p as u32))) {
+        assert!(Instant::now() < end, "old workers did not exit");
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(500));
+    let (ok, non_2xx, errors) = load.finish();
+    eprintln!("SIGHUP under load: ok={ok} non2xx={non_2xx} errors={errors}");
+    assert!(ok > 100);
+    assert_eq!((non_2xx, errors), (0, 0));
+    let new: HashSet<u32> = c.children().into_iter().map(|p| p as u32).collect();
+    assert_eq!(new.len(), 2);
+    assert!(new.is_disjoint(&old), "old {old:?} new {new:?}");
+    for _ in 0..6 {
+        let pid = get(c.addr, "/healthz").unwrap().worker_pid.unwrap();
+        assert!(new.contains(&pid));
+    }
+}
+
+#[test]
+fn sighup_under_wrk_sees_no_errors() {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("wrk not installed: skipped (apt-get install -y wrk)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), &["--workers", "2"]);
+    let script = dir.path().join("post.lua");
+    std::fs::write(
+        &script,
+        "wrk.method = \"POST\"; wrk.body = \"hello\"\n\
+         wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n",
+    )
+    .unwrap();
+    let wrk = Command::new("wrk")
+        .args(["-t1", "-c64", "-d4s", "-s"])
+        .arg(&script)
+        .arg(format!("http://{}/hash", c.addr))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    c.signal(libc::SIGHUP);
+    let out = wrk.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    c.wait_log(Duration::from_secs(5), |v| {
+        v["message"] == "reload: new workers ready; draining the old ones"
+    });
+    assert!(text.contains("requests in"), "{text}");
+    assert!(!text.contains("Socket errors"), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+}
+
+#[test]
+fn sigterm_lets_a_slow_upload_finish_refuses_new_connections_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), &["--workers", "2", "--grace", "20s"]);
+    let body: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let want = sha256_hex(&body);
+    let mut s = TcpStream::connect(c.addr).unwrap();
+    write!(
+        s,
+        "POST /hash HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body[..1 << 20]).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    c.signal(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        TcpStream::connect(c.addr).is_err(),
+        "a new connection was accepted while draining"
+    );
+    for piece in body[1 << 20..].chunks(512 << 10) {
+        s.write_all(piece).unwrap();
+        thread::sleep(Duration::from_millis(50));
+    }
+    let r = read_resp(&mut BufReader::new(s)).unwrap();
+    assert_eq!(r.status, 200);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["hash"].as_str().unwrap(), want);
+    let status = c.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sigterm_kills_what_is_left_at_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), &["--workers", "2", "--grace", "1s"]);
+    let mut s = TcpStream::connect(c.addr).unwrap();
+    s.write_all(b"POST /hash HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\nabc")
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    c.signal(libc::SIGTERM);
+    let status = c.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn sigquit_stops_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), &["--workers", "2", "--grace", "30s"]);
+    let mut s = TcpStream::connect(c.addr).unwrap();
+    s.write_all(b"POST /hash HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\nabc")
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    c.signal(libc::SIGQUIT);
+    let status = c.wait_exit(Duration::from_secs(3)).expect("fast stop");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn taken_address_fails_fast_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let out = Command::new(BIN)
+        .args(["serve", "--workers", "2", "--listen", &addr, "--root"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains("in use"),
+        "{err}"
+    );
+    assert!(!err.contains("worker started"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_new_generation_that_cannot_start_leaves_the_old_one_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let c = Cluster::start(&root, &["--workers", "2"]);
+    let old: HashSet<u32> = c.children().into_iter().map(|p| p as u32).collect();
+    // New workers will fail to open --root; the running ones hold it open.
+    std::fs::remove_dir(&root).unwrap();
+    c.signal(libc::SIGHUP);
+    let v = c.wait_log(Duration::from_secs(10), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reload failed"))
+    });
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited before it was ready"),
+        "{v}"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let now: HashSet<u32> = c.children().into_iter().map(|p| p as u32).collect();
+    assert_eq!(now, old, "the old workers keep serving");
+    assert_eq!(get(c.addr, "/healthz").unwrap().status, 200);
+}
+
+#[test]
+fn socket_activation_and_sd_notify() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let fd = listener.as_raw_fd();
+    // The shell sets LISTEN_PID to its own pid, which exec keeps: just what
+    // systemd does between fork and exec.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args([
+        "-c",
+        "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" \"$@\"",
+        BIN,
+        "serve",
+        "--workers",
+        "2",
+        "--log-format",
+        "json",
+        "--listen",
+        "127.0.0.1:1", // must be ignored in favour of the inherited socket
+        "--root",
+    ])
+    .arg(dir.path())
+    .env("NOTIFY_SOCKET", &notify_path);
+    // SAFETY: dup2 and fcntl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let c = Cluster::spawn(cmd);
+    assert_eq!(c.addr, addr, "serves on the socket it was given");
+    drop(listener);
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = notify.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(recv().starts_with("STATUS=starting"));
+    assert!(recv().starts_with("READY=1\n"));
+    assert_eq!(get(addr, "/healthz").unwrap().status, 200);
+    c.signal(libc::SIGHUP);
+    let m = recv();
+    assert!(m.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{m}");
+    assert!(recv().starts_with("READY=1\n"));
+    c.signal(libc::SIGTERM);
+    assert!(recv().starts_with("STOPPING=1\n"));
+    let mut c = c;
+    assert_eq!(
+        c.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn max_worker_rss_recycles_workers_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    // Any worker is over 1 MiB: each gets recycled, one replacement at a time.
+    let c = Cluster::start(dir.path(), &["--workers", "2", "--max-worker-rss", "1MiB"]);
+    let old: HashSet<u32> = c.ready_pids().into_iter().map(|(p, _)| p).collect();
+    let load = Load::start(c.addr, 8);
+    let v = c.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "memory guard: replacement ready; draining the old worker"
+    });
+    let old_pid = v["old_pid"].as_u64().unwrap();
+    assert!(old.contains(&(old_pid as u32)));
+    // The old one drained and exited cleanly.
+    c.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "worker exited"
+            && v["pid"].as_u64() == Some(old_pid)
+            && v["status"] == "exit status: 0"
+    });
+    let (ok, non_2xx, errors) = load.finish();
+    assert!(ok > 0);
+    assert_eq!((non_2xx, errors), (0, 0));
+}
