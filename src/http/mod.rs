@@ -2,6 +2,7 @@
 
 mod body;
 mod compress;
+mod dashboard;
 mod hash;
 mod health;
 mod observe;
@@ -69,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/dashboard", get(dashboard::page))
         .fallback(observe::no_route)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
