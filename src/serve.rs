@@ -9,7 +9,7 @@ use crate::config::ServeArgs;
 use crate::cpu_pool::CpuPool;
 use crate::digest_cache::DigestCache;
 use crate::http::{AppState, Inner, app};
-use crate::metrics::Slot;
+use crate::metrics::Region;
 use crate::root::Root;
 use crate::server::{self, ServerOptions};
 use crate::shutdown;
@@ -39,6 +39,18 @@ pub struct ServeHooks {
     /// `Connection: close`) instead of being cut under a client that is
     /// sending it. Zero (single process) closes idle connections at once.
     pub drain_linger: std::time::Duration,
+    /// The shared metrics region and this worker's slot in it; `None` in
+    /// single-process mode, which creates its own.
+    pub metrics: Option<(&'static Region, usize)>,
+}
+
+fn own_region() -> std::io::Result<(&'static Region, usize)> {
+    let region = Region::create()?;
+    let slot = region
+        .claim(0)
+        .ok_or_else(|| std::io::Error::other("no free metrics slot"))?;
+    region.set_pid(slot, std::process::id());
+    Ok((region, slot))
 }
 
 /// Serves until `shutdown` fires, then drains; signal handling is the caller's.
@@ -49,11 +61,23 @@ pub async fn serve_until(
     shutdown: shutdown::Shutdown,
     hooks: ServeHooks,
 ) {
-    let metrics: Arc<Slot> = Arc::from(Slot::new_boxed());
+    // A worker records into the slot its supervisor gave it; a single
+    // process makes a region of its own.
+    let (region, slot) = match hooks.metrics {
+        Some(m) => m,
+        None => match own_region() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the metrics region");
+                return;
+            }
+        },
+    };
+    let metrics = region.slot(slot);
     let pool = CpuPool::new(
         args.effective_pool_threads(),
         args.effective_pool_queue(),
-        metrics.clone(),
+        metrics,
     );
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -61,6 +85,7 @@ pub async fn serve_until(
             root: Arc::new(root),
             pool,
             metrics,
+            region,
             draining: draining.clone(),
             digest_cache: (args.digest_cache > 0)
                 .then(|| Arc::new(DigestCache::new(args.digest_cache))),

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 
 use crate::config::Limit;
 use crate::cpu_pool::CpuPool;
-use crate::metrics::Slot;
+use crate::metrics::{Region, Slot};
 use crate::root::Root;
 
 /// Everything a handler may need; cheap to clone.
@@ -30,8 +30,10 @@ pub struct Inner {
     pub root: Arc<Root>,
     /// Where hashing of files and all compression runs.
     pub pool: CpuPool,
-    /// This process's counters.
-    pub metrics: Arc<Slot>,
+    /// This process's counters: its slot in the shared metrics region.
+    pub metrics: &'static Slot,
+    /// Every process's counters, for scrapes.
+    pub region: &'static Region,
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     pub draining: Arc<AtomicBool>,
     /// `--digest-cache`: None when off.
@@ -69,6 +71,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/metrics.json", get(health::metrics_json))
         .fallback(observe::no_route)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

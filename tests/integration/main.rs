@@ -7,4 +7,5 @@ mod config;
 mod confinement;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod streaming;
