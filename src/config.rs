@@ -161,6 +161,22 @@ pub struct ServeArgs {
           value_parser = parse_limit)]
     pub max_worker_rss: Limit,
 
+    /// Log one line per request (method, route, status, bytes in/out, duration; the
+    /// supervisor adds the worker id) at info level on target `hashpress::access`.
+    /// Off by default: at tens of thousands of requests a second the log costs more
+    /// than the work.
+    #[arg(long, env = "HASHPRESS_ACCESS_LOG", value_name = "BOOL", num_args = 0..=1,
+          default_value = "false", default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub access_log: bool,
+
+    /// Record request counts and latencies for /metrics. `false` exists only to measure
+    /// what recording costs; byte, pool and process figures are kept either way.
+    #[arg(long, env = "HASHPRESS_METRICS", value_name = "BOOL", num_args = 0..=1,
+          default_value = "true", default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics: bool,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive like `hashpress=debug`.
     #[arg(
         long,

@@ -90,6 +90,8 @@ pub async fn serve_until(
             digest_cache: (args.digest_cache > 0)
                 .then(|| Arc::new(DigestCache::new(args.digest_cache))),
             allow_write: args.allow_write,
+            access_log: args.access_log,
+            record_metrics: args.metrics,
             max_body: args.max_body,
             body_read_timeout: args.body_read_timeout,
         }),

@@ -1,5 +1,6 @@
 //! The HTTP API: the route list lives here, one file per endpoint family.
 
+mod access_log;
 mod body;
 mod compress;
 mod hash;
@@ -38,6 +39,10 @@ pub struct Inner {
     pub draining: Arc<AtomicBool>,
     /// `--digest-cache`: None when off.
     pub digest_cache: Option<Arc<crate::digest_cache::DigestCache>>,
+    /// `--access-log`: one line per request.
+    pub access_log: bool,
+    /// `--metrics`: false skips request recording (to measure its cost).
+    pub record_metrics: bool,
     /// `--allow-write`.
     pub allow_write: bool,
     /// `--max-body`.

@@ -2,6 +2,7 @@
 //! axum's bare 405s, counters and the access log.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 
-use super::AppState;
+use super::{AppState, access_log};
 use crate::error::ApiError;
 use crate::metrics::Route;
 
@@ -22,6 +23,12 @@ pub async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Re
     let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let route = Route::classify(req.uri().path());
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let req = if st.access_log {
+        req.map(|b| access_log::CountIn::wrap(b, bytes_in.clone()))
+    } else {
+        req
+    };
     // A panicking handler fails its own request, not the connection or the process.
     let mut resp = match AssertUnwindSafe(next.run(req)).catch_unwind().await {
         Ok(resp) => resp,
@@ -44,17 +51,21 @@ pub async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Re
         resp.headers_mut().insert("x-request-id", v);
     }
     let status = resp.status().as_u16();
-    let took = start.elapsed();
-    st.metrics
-        .record_request(route, method.as_str(), status, took);
-    tracing::debug!(
-        target: "hashpress::access",
-        request_id = id,
-        method = %method,
-        route = route.template(),
-        status,
-        micros = took.as_micros() as u64,
-    );
+    if st.record_metrics {
+        st.metrics
+            .record_request(route, method.as_str(), status, start.elapsed());
+    }
+    if st.access_log {
+        let entry = access_log::Entry {
+            request_id: id,
+            method: method.to_string(),
+            route,
+            status,
+            start,
+            bytes_in,
+        };
+        resp = resp.map(|b| access_log::LogOnDone::wrap(b, entry));
+    }
     resp
 }
 
