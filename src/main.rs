@@ -23,6 +23,14 @@ fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
         eprintln!("hashpress: {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = hashpress::http::auth::check_startup(
+        args.listen,
+        args.admin_listen,
+        args.token_file.as_deref(),
+    ) {
+        eprintln!("hashpress: {e}");
+        return ExitCode::from(2);
+    }
     let root = match Root::open(&args.root) {
         Ok(r) => r,
         Err(e) => {
