@@ -4,6 +4,7 @@
 mod api;
 mod config;
 mod confinement;
+mod hardening;
 mod helpers;
 mod lifecycle;
 mod streaming;
