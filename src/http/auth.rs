@@ -121,33 +121,42 @@ fn read_token_file(path: &Path) -> Result<Vec<[u8; 32]>, String> {
 }
 
 /// Start-up checks for `serve`: the token file must load (the caller exits 2
-/// otherwise), and a non-loopback listener without tokens earns a warning.
+/// otherwise), and exposure without protection earns a warning.
 pub fn check_startup(
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     token_file: Option<&Path>,
 ) -> Result<(), String> {
-    match token_file {
-        Some(path) => {
-            Tokens::load(path)?;
-        }
-        None if !listen.ip().is_loopback() => {
-            let msg = format!(
-                "listening on {listen}, which is not a loopback address, without --token-file: \
-                 anyone who can reach it may hash and compress files under the root"
-            );
-            tracing::warn!("{msg}");
-        }
-        None => {}
+    if let Some(path) = token_file {
+        Tokens::load(path)?;
+    }
+    for w in exposure_warnings(listen, admin, token_file.is_some()) {
+        tracing::warn!("{w}");
+    }
+    Ok(())
+}
+
+/// What is reachable beyond this machine without a token.
+pub fn exposure_warnings(
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    have_tokens: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if !have_tokens && !listen.ip().is_loopback() {
+        out.push(format!(
+            "listening on {listen}, which is not a loopback address, without --token-file: \
+             anyone who can reach it may hash and compress files under the root"
+        ));
     }
     if let Some(a) = admin
         && !a.ip().is_loopback()
     {
-        tracing::warn!(
+        out.push(format!(
             "--admin-listen {a} is not a loopback address; the admin listener has no authentication"
-        );
+        ));
     }
-    Ok(())
+    out
 }
 
 /// The middleware: lets `/healthz` and `/readyz` through, and everything
@@ -206,6 +215,21 @@ mod tests {
         assert_eq!(bearer(b"Bearer"), None);
         assert_eq!(bearer(b"Bearer "), None);
         assert_eq!(bearer(b"Bearerabc"), None);
+    }
+
+    #[test]
+    fn warns_when_exposed_without_tokens() {
+        let lo: SocketAddr = "127.0.0.1:3000".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:3000".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:3000".parse().unwrap();
+        let lan: SocketAddr = "192.168.1.5:3000".parse().unwrap();
+        assert!(exposure_warnings(lo, None, false).is_empty());
+        assert!(exposure_warnings(lo6, None, false).is_empty());
+        assert_eq!(exposure_warnings(any, None, false).len(), 1);
+        assert_eq!(exposure_warnings(lan, None, false).len(), 1);
+        assert!(exposure_warnings(any, None, true).is_empty());
+        assert_eq!(exposure_warnings(lo, Some(any), true).len(), 1);
+        assert!(exposure_warnings(lo, Some(lo), false).is_empty());
     }
 
     #[test]
