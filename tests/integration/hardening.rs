@@ -776,6 +776,8 @@ fn schemathesis_finds_nothing() {
         .args(["--report", "ndjson", "--report-ndjson-path"])
         .arg(&report)
         .env("SCHEMATHESIS_HOOKS", "")
+        // Its cache (.schemathesis/) goes to the temp dir, not the repository.
+        .current_dir(dir.path())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| {
