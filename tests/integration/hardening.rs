@@ -769,7 +769,7 @@ fn schemathesis_finds_nothing() {
     let report = dir.path().join("report.json");
     let started = Instant::now();
     let out = Command::new("schemathesis")
-        .args(["run", &url, "--checks", "all", "--max-examples", "80"])
+        .args(["run", &url, "--checks", "all", "--max-examples", "50"])
         .args(["--header", "Authorization: Bearer schemathesis-token"])
         .args(["--seed", "1", "--workers", "2"])
         .args(["--request-timeout", "10", "--no-color"])
