@@ -177,6 +177,17 @@ pub struct ServeArgs {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub metrics: bool,
 
+    /// File of bearer tokens, one per line (blank and `#` lines ignored). When set, every
+    /// endpoint except /healthz and /readyz requires `Authorization: Bearer <token>`.
+    /// Re-read on SIGHUP. Without it, binding a non-loopback address prints a warning.
+    #[arg(long, env = "HASHPRESS_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Serve /metrics on this separate address (no token asked: keep it private) instead
+    /// of the main listener.
+    #[arg(long, env = "HASHPRESS_ADMIN_LISTEN", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive like `hashpress=debug`.
     #[arg(
         long,

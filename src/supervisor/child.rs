@@ -125,6 +125,7 @@ pub fn run(args: ServeArgs, id: usize) -> ExitCode {
             on_ready: Some(on_ready),
             drain_linger: DRAIN_LINGER,
             metrics: Some(metrics),
+            ..ServeHooks::default()
         };
         serve_until(args, listener, root, shutdown, hooks).await;
         tracing::info!("worker drained; exiting");

@@ -5,6 +5,7 @@ mod api;
 mod cluster;
 mod config;
 mod confinement;
+mod hardening;
 mod helpers;
 mod lifecycle;
 mod metrics;
