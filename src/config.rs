@@ -84,7 +84,9 @@ pub struct ServeArgs {
     pub pool_threads: usize,
 
     /// Jobs that may wait for a pool thread; a request arriving when it is full gets 503
-    /// with Retry-After. 0 = 4 per pool thread.
+    /// with Retry-After. 0 = 32 per pool thread. A job is at most 1 MiB of work (~0.5 ms
+    /// of SHA-256, ~10 ms of gzip), so a full queue means at most ~16 ms of hashing or
+    /// ~0.3 s of gzip waiting per thread, while 64 concurrent clients are not shed.
     #[arg(
         long,
         env = "HASHPRESS_POOL_QUEUE",
@@ -159,6 +161,33 @@ pub struct ServeArgs {
           value_parser = parse_limit)]
     pub max_worker_rss: Limit,
 
+    /// Log one line per request (method, route, status, bytes in/out, duration; the
+    /// supervisor adds the worker id) at info level on target `hashpress::access`.
+    /// Off by default: at tens of thousands of requests a second the log costs more
+    /// than the work.
+    #[arg(long, env = "HASHPRESS_ACCESS_LOG", value_name = "BOOL", num_args = 0..=1,
+          default_value = "false", default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub access_log: bool,
+
+    /// Record request counts and latencies for /metrics. `false` exists only to measure
+    /// what recording costs; byte, pool and process figures are kept either way.
+    #[arg(long, env = "HASHPRESS_METRICS", value_name = "BOOL", num_args = 0..=1,
+          default_value = "true", default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics: bool,
+
+    /// File of bearer tokens, one per line (blank and `#` lines ignored). When set, every
+    /// endpoint except /healthz and /readyz requires `Authorization: Bearer <token>`.
+    /// Re-read on SIGHUP. Without it, binding a non-loopback address prints a warning.
+    #[arg(long, env = "HASHPRESS_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Serve /metrics on this separate address (no token asked: keep it private) instead
+    /// of the main listener.
+    #[arg(long, env = "HASHPRESS_ADMIN_LISTEN", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive like `hashpress=debug`.
     #[arg(
         long,
@@ -183,10 +212,10 @@ impl ServeArgs {
         }
     }
 
-    /// Pool queue after applying "0 = 4 per thread".
+    /// Pool queue after applying "0 = 32 per thread".
     pub fn effective_pool_queue(&self) -> usize {
         if self.pool_queue == 0 {
-            4 * self.effective_pool_threads()
+            32 * self.effective_pool_threads()
         } else {
             self.pool_queue
         }

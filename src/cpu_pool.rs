@@ -32,24 +32,23 @@ pub struct CpuPool {
     tx: mpsc::Sender<Job>,
     /// Where queue depth, busy threads and rejections are counted; shared
     /// with the threads and the metrics endpoint.
-    stats: Arc<Slot>,
+    stats: &'static Slot,
     threads: usize,
     queue: usize,
 }
 
 impl CpuPool {
     /// Starts `threads` threads behind a queue of `queue` jobs (both at least 1).
-    pub fn new(threads: usize, queue: usize, stats: Arc<Slot>) -> CpuPool {
+    pub fn new(threads: usize, queue: usize, stats: &'static Slot) -> CpuPool {
         let threads = threads.max(1);
         let queue = queue.max(1);
         let (tx, rx) = mpsc::channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads {
             let rx = Arc::clone(&rx);
-            let stats = Arc::clone(&stats);
             thread::Builder::new()
                 .name(format!("hashpress-cpu-{i}"))
-                .spawn(move || worker_loop(&rx, &stats))
+                .spawn(move || worker_loop(&rx, stats))
                 .expect("spawning a pool thread");
         }
         CpuPool {
@@ -68,8 +67,8 @@ impl CpuPool {
         self.queue
     }
 
-    pub fn stats(&self) -> &Arc<Slot> {
-        &self.stats
+    pub fn stats(&self) -> &'static Slot {
+        self.stats
     }
 
     /// Admission: queues `f` if there is room now, else fails at once with
@@ -148,7 +147,7 @@ mod tests {
     use std::sync::Barrier;
 
     fn pool(threads: usize, queue: usize) -> CpuPool {
-        CpuPool::new(threads, queue, Arc::from(Slot::new_boxed()))
+        CpuPool::new(threads, queue, Box::leak(Slot::new_boxed()))
     }
 
     #[tokio::test]

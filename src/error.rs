@@ -17,6 +17,9 @@ pub enum ApiError {
     NotAFile(String),
     /// 400: the request body could not be read (malformed chunked encoding, ...).
     BadBody(String),
+    /// 401: no valid bearer token (`--token-file`); true when one was
+    /// presented but is not accepted.
+    Unauthorized(bool),
     /// 403: the path leaves the served root.
     OutsideRoot(String),
     /// 403: a write was asked of a server started without `--allow-write`.
@@ -50,6 +53,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             BadQuery(_) | BadPath(_) | NotAFile(_) | BadBody(_) => StatusCode::BAD_REQUEST,
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
             OutsideRoot(_) | WritesDisabled | WriteRefused(_) => StatusCode::FORBIDDEN,
             FileNotFound(_) | NoRoute(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -70,6 +74,7 @@ impl ApiError {
             BadPath(_) => "bad_path",
             NotAFile(_) => "not_a_file",
             BadBody(_) => "bad_body",
+            Unauthorized(_) => "unauthorized",
             OutsideRoot(_) => "outside_root",
             WritesDisabled => "writes_disabled",
             WriteRefused(_) => "write_refused",
@@ -92,6 +97,10 @@ impl ApiError {
             BadQuery(m) | BadPath(m) | BadBody(m) | OutsideRoot(m) | SourceChanged(m)
             | WriteRefused(m) => m.clone(),
             NotAFile(p) => format!("'{p}' is not a regular file"),
+            Unauthorized(false) => {
+                "this endpoint requires 'Authorization: Bearer <token>'".into()
+            }
+            Unauthorized(true) => "the bearer token is not accepted".into(),
             WritesDisabled => {
                 "this server does not write files; start it with --allow-write to enable POST /compress/{path}".into()
             }
@@ -166,6 +175,15 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Overloaded | ApiError::Draining => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized(presented) => {
+                // RFC 6750: name the error only when credentials were sent.
+                let v = if *presented {
+                    "Bearer error=\"invalid_token\""
+                } else {
+                    "Bearer"
+                };
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(v));
             }
             ApiError::MethodNotAllowed(allow) => {
                 if let Ok(v) = HeaderValue::from_str(allow) {

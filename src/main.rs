@@ -24,6 +24,24 @@ fn main() -> ExitCode {
                 eprintln!("hashpress: {e}");
                 return ExitCode::from(2);
             }
+            // Checked once, before any worker starts: a bad token file or an
+            // exposed address without one is the operator's to fix now.
+            if let Err(e) = hashpress::http::auth::check_startup(
+                args.listen,
+                args.admin_listen,
+                args.token_file.as_deref(),
+            ) {
+                eprintln!("hashpress: {e}");
+                return ExitCode::from(2);
+            }
+            if args.workers > 0 && args.admin_listen.is_some() {
+                eprintln!(
+                    "hashpress: --admin-listen is served in single-process mode only; \
+                     add --workers 0, or scrape /metrics on the main listener (any worker \
+                     answers with the totals of all)"
+                );
+                return ExitCode::from(2);
+            }
             if args.workers == 0 {
                 serve(args)
             } else {

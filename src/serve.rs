@@ -8,14 +8,25 @@ use tokio::net::TcpListener;
 use crate::config::ServeArgs;
 use crate::cpu_pool::CpuPool;
 use crate::digest_cache::DigestCache;
-use crate::http::{AppState, Inner, app};
-use crate::metrics::Slot;
+use crate::http::auth::{Access, Tokens};
+use crate::http::{AppState, Inner, admin_app, app};
+use crate::metrics::Region;
 use crate::root::Root;
 use crate::server::{self, ServerOptions};
 use crate::shutdown;
 
 /// Runs the server on `listener` until SIGTERM/SIGINT and the drain that follows.
 pub async fn serve(args: ServeArgs, listener: TcpListener, root: Root) {
+    let admin_listener = match args.admin_listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("hashpress: cannot listen on --admin-listen {addr}: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => None,
+    };
     let (trigger, shutdown) = shutdown::channel();
     tokio::spawn(async move {
         shutdown::terminate_signal().await;
@@ -25,7 +36,12 @@ pub async fn serve(args: ServeArgs, listener: TcpListener, root: Root) {
         tracing::warn!("second signal: exiting without waiting for the drain");
         std::process::exit(0);
     });
-    serve_until(args, listener, root, shutdown, ServeHooks::default()).await;
+    let hooks = ServeHooks {
+        admin_listener,
+        reload_tokens_on_sighup: true,
+        ..ServeHooks::default()
+    };
+    serve_until(args, listener, root, shutdown, hooks).await;
 }
 
 /// What differs when a supervisor runs this process as one of its workers.
@@ -39,6 +55,23 @@ pub struct ServeHooks {
     /// `Connection: close`) instead of being cut under a client that is
     /// sending it. Zero (single process) closes idle connections at once.
     pub drain_linger: std::time::Duration,
+    /// The shared metrics region and this worker's slot in it; `None` in
+    /// single-process mode, which creates its own.
+    pub metrics: Option<(&'static Region, usize)>,
+    /// `--admin-listen`, bound by the caller (single-process mode only).
+    pub admin_listener: Option<TcpListener>,
+    /// Single process: SIGHUP re-reads `--token-file`. (A supervisor turns
+    /// SIGHUP into a reload, and new workers read the file as they start.)
+    pub reload_tokens_on_sighup: bool,
+}
+
+fn own_region() -> std::io::Result<(&'static Region, usize)> {
+    let region = Region::create()?;
+    let slot = region
+        .claim(0)
+        .ok_or_else(|| std::io::Error::other("no free metrics slot"))?;
+    region.set_pid(slot, std::process::id());
+    Ok((region, slot))
 }
 
 /// Serves until `shutdown` fires, then drains; signal handling is the caller's.
@@ -49,11 +82,31 @@ pub async fn serve_until(
     shutdown: shutdown::Shutdown,
     hooks: ServeHooks,
 ) {
-    let metrics: Arc<Slot> = Arc::from(Slot::new_boxed());
+    // A worker records into the slot its supervisor gave it; a single
+    // process makes a region of its own.
+    let (region, slot) = match hooks.metrics {
+        Some(m) => m,
+        None => match own_region() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the metrics region");
+                return;
+            }
+        },
+    };
+    let tokens = match args.token_file.as_deref().map(Tokens::load).transpose() {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => {
+            // Checked at start already; the file changed since.
+            tracing::error!(error = %e, "cannot read --token-file");
+            return;
+        }
+    };
+    let metrics = region.slot(slot);
     let pool = CpuPool::new(
         args.effective_pool_threads(),
         args.effective_pool_queue(),
-        metrics.clone(),
+        metrics,
     );
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -61,12 +114,19 @@ pub async fn serve_until(
             root: Arc::new(root),
             pool,
             metrics,
+            region,
             draining: draining.clone(),
             digest_cache: (args.digest_cache > 0)
                 .then(|| Arc::new(DigestCache::new(args.digest_cache))),
             allow_write: args.allow_write,
+            access_log: args.access_log,
+            record_metrics: args.metrics,
             max_body: args.max_body,
             body_read_timeout: args.body_read_timeout,
+            access: Access {
+                tokens: tokens.clone(),
+                metrics_on_admin: hooks.admin_listener.is_some(),
+            },
         }),
     };
     let opts = ServerOptions {
@@ -76,8 +136,44 @@ pub async fn serve_until(
         grace: args.grace,
         drain_linger: hooks.drain_linger,
     };
+    if hooks.reload_tokens_on_sighup {
+        tokio::spawn(reload_on_sighup(tokens));
+    }
+    let admin = hooks.admin_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("admin (metrics) listening on http://{a}");
+        }
+        let admin_opts = opts.clone();
+        let down = shutdown.clone();
+        let app = admin_app(state.clone());
+        tokio::spawn(async move {
+            server::run(l, app, admin_opts, down, Arc::new(AtomicBool::new(false))).await
+        })
+    });
     if let Some(ready) = hooks.on_ready {
         ready();
     }
     server::run(listener, app(state), opts, shutdown, draining).await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+}
+
+/// SIGHUP re-reads `--token-file` (and is harmless without one).
+async fn reload_on_sighup(tokens: Option<Arc<Tokens>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match &tokens {
+            None => tracing::info!("SIGHUP: no --token-file to re-read"),
+            Some(t) => match t.reload() {
+                Ok(n) => {
+                    tracing::info!(tokens = n, file = %t.path().display(), "SIGHUP: token file re-read")
+                }
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous tokens"),
+            },
+        }
+    }
 }

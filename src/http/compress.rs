@@ -303,11 +303,21 @@ impl WriteState {
 
     fn finish(self, shown: &str, out: &str) -> Result<(u64, u64), ApiError> {
         let WriteState {
+            file,
             size,
             gz,
             mut pending,
-            ..
         } = self;
+        // Deleted while read: the bytes came from an unlinked inode, so a
+        // `.gz` beside the name would describe a file that no longer exists.
+        if std::os::unix::fs::MetadataExt::nlink(
+            &file.metadata().map_err(|e| read_error(e, shown))?,
+        ) == 0
+        {
+            return Err(ApiError::SourceChanged(format!(
+                "'{shown}' was deleted while it was compressed; nothing was written"
+            )));
+        }
         let bytes_in = gz.bytes_in();
         if bytes_in != size {
             // `pending` is dropped here, removing the temporary.

@@ -1,13 +1,16 @@
 //! The HTTP API: the route list lives here, one file per endpoint family.
 
+mod access_log;
+pub mod auth;
 mod body;
 mod compress;
 mod dashboard;
 mod hash;
 mod health;
 mod observe;
+mod openapi;
 mod parallel_gzip;
-mod query;
+pub mod query;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -17,7 +20,7 @@ use axum::routing::{get, post};
 
 use crate::config::Limit;
 use crate::cpu_pool::CpuPool;
-use crate::metrics::Slot;
+use crate::metrics::{Region, Slot};
 use crate::root::Root;
 
 /// Everything a handler may need; cheap to clone.
@@ -31,18 +34,26 @@ pub struct Inner {
     pub root: Arc<Root>,
     /// Where hashing of files and all compression runs.
     pub pool: CpuPool,
-    /// This process's counters.
-    pub metrics: Arc<Slot>,
+    /// This process's counters: its slot in the shared metrics region.
+    pub metrics: &'static Slot,
+    /// Every process's counters, for scrapes.
+    pub region: &'static Region,
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     pub draining: Arc<AtomicBool>,
     /// `--digest-cache`: None when off.
     pub digest_cache: Option<Arc<crate::digest_cache::DigestCache>>,
+    /// `--access-log`: one line per request.
+    pub access_log: bool,
+    /// `--metrics`: false skips request recording (to measure its cost).
+    pub record_metrics: bool,
     /// `--allow-write`.
     pub allow_write: bool,
     /// `--max-body`.
     pub max_body: Limit,
     /// `--body-read-timeout`.
     pub body_read_timeout: std::time::Duration,
+    /// `--token-file` and `--admin-listen`: who may call, where `/metrics` is.
+    pub access: auth::Access,
 }
 
 impl std::ops::Deref for AppState {
@@ -52,9 +63,44 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// Every route of the API as `(template, methods)`, in OpenAPI spelling.
+/// `app` must serve exactly these (a trailing-slash form of the `{path}`
+/// routes exists only to answer "empty path" with a 400), and
+/// `openapi.json` must describe exactly these: tests hold all three together.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/hash", &["POST"]),
+    ("/hash-file/{path}", &["GET"]),
+    ("/compress", &["POST"]),
+    ("/compress/{path}", &["GET", "POST"]),
+    ("/healthz", &["GET"]),
+    ("/readyz", &["GET"]),
+    ("/metrics", &["GET"]),
+    ("/metrics.json", &["GET"]),
+    ("/dashboard", &["GET"]),
+    ("/openapi.json", &["GET"]),
+];
+
+/// The `Allow` value for a request path, from `ROUTES` (GET implies HEAD).
+pub fn allowed_methods(path: &str) -> String {
+    let found = ROUTES
+        .iter()
+        .find(|(template, _)| match template.strip_suffix("{path}") {
+            Some(prefix) => path.starts_with(prefix),
+            None => path == *template,
+        });
+    let mut out: Vec<&str> = Vec::new();
+    for m in found.map_or(&[][..], |(_, methods)| *methods) {
+        out.push(m);
+        if *m == "GET" {
+            out.push("HEAD");
+        }
+    }
+    out.join(", ")
+}
+
 /// The router: every route of the API and nothing else.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/hash", post(hash::hash_body))
         .route("/hash-file/", get(hash::hash_file))
         .route("/hash-file/{*path}", get(hash::hash_file))
@@ -69,7 +115,32 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::spec));
+    if !state.access.metrics_on_admin {
+        router = router
+            .route("/metrics", get(health::metrics))
+            .route("/metrics.json", get(health::metrics_json))
+            .route("/dashboard", get(dashboard::page));
+    }
+    router
+        .fallback(observe::no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
+        .with_state(state)
+}
+
+/// The router of `--admin-listen`: `/metrics` only, without a token (bind it
+/// to a private address).
+pub fn admin_app(state: AppState) -> Router {
+    Router::new()
         .route("/metrics", get(health::metrics))
+        .route("/metrics.json", get(health::metrics_json))
         .route("/dashboard", get(dashboard::page))
         .fallback(observe::no_route)
         .layer(axum::middleware::from_fn_with_state(
@@ -77,4 +148,29 @@ pub fn app(state: AppState) -> Router {
             observe::observe,
         ))
         .with_state(state)
+}
+
+/// A state over `root` with a one-thread pool, for unit tests of the router.
+#[cfg(test)]
+pub(crate) fn test_state(root: &std::path::Path) -> AppState {
+    let region = Region::create().expect("metrics region");
+    let slot = region.claim(0).expect("a free slot");
+    region.set_pid(slot, std::process::id());
+    let metrics = region.slot(slot);
+    AppState {
+        inner: Arc::new(Inner {
+            root: Arc::new(Root::open(root).expect("test root")),
+            pool: CpuPool::new(1, 4, metrics),
+            metrics,
+            region,
+            draining: Arc::new(AtomicBool::new(false)),
+            digest_cache: None,
+            access_log: false,
+            record_metrics: true,
+            allow_write: true,
+            max_body: Limit::Unlimited,
+            body_read_timeout: std::time::Duration::from_secs(5),
+            access: auth::Access::default(),
+        }),
+    }
 }

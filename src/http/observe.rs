@@ -2,6 +2,7 @@
 //! axum's bare 405s, counters and the access log.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 
-use super::AppState;
+use super::{AppState, access_log};
 use crate::error::ApiError;
 use crate::metrics::Route;
 
@@ -22,6 +23,13 @@ pub async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Re
     let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let route = Route::classify(req.uri().path());
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let req = if st.access_log {
+        req.map(|b| access_log::CountIn::wrap(b, bytes_in.clone()))
+    } else {
+        req
+    };
+    let allow = super::allowed_methods(req.uri().path());
     // A panicking handler fails its own request, not the connection or the process.
     let mut resp = match AssertUnwindSafe(next.run(req)).catch_unwind().await {
         Ok(resp) => resp,
@@ -38,31 +46,129 @@ pub async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Re
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED
         && !resp.headers().contains_key(header::CONTENT_TYPE)
     {
-        resp = ApiError::MethodNotAllowed(route.allow().to_string()).into_response();
+        resp = ApiError::MethodNotAllowed(allow).into_response();
     }
     if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
         resp.headers_mut().insert("x-request-id", v);
     }
     let status = resp.status().as_u16();
-    let took = start.elapsed();
-    st.metrics
-        .record_request(route, method.as_str(), status, took);
-    tracing::debug!(
-        target: "hashpress::access",
-        request_id = id,
-        method = %method,
-        route = route.template(),
-        status,
-        micros = took.as_micros() as u64,
-    );
+    if st.record_metrics {
+        st.metrics
+            .record_request(route, method.as_str(), status, start.elapsed());
+    }
+    if st.access_log {
+        let entry = access_log::Entry {
+            request_id: id,
+            method: method.to_string(),
+            route,
+            status,
+            start,
+            bytes_in,
+        };
+        resp = resp.map(|b| access_log::LogOnDone::wrap(b, entry));
+    }
     resp
 }
 
 /// 404 for paths that match no route, naming the routes that exist.
 pub async fn no_route(req: Request) -> ApiError {
+    let routes: Vec<String> = super::ROUTES
+        .iter()
+        .map(|(path, methods)| format!("{} {path}", methods.join("|")))
+        .collect();
     ApiError::NoRoute(format!(
-        "no route for {} {}; routes: POST /hash, GET /hash-file/{{path}}, GET|POST /compress/{{path}}, POST /compress, GET /healthz, GET /readyz, GET /metrics",
+        "no route for {} {}; routes: {}",
         req.method(),
-        req.uri().path()
+        req.uri().path(),
+        routes.join(", ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::routing::get;
+
+    use crate::http::test_state;
+    use crate::server::{self, ServerOptions};
+    use crate::shutdown;
+
+    /// No production route panics on purpose, so the guard is tested with a
+    /// router built here: the real middleware and the real accept loop, on a
+    /// real socket. A panic fails its own request with a JSON 500 and nothing
+    /// else: the same keep-alive connection then gets a normal answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_handler_fails_only_its_request() {
+        async fn boom() -> &'static str {
+            panic!("deliberate test panic")
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path());
+        let router = Router::new()
+            .route("/boom", get(boom))
+            .route("/ok", get(|| async { "fine" }))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                super::observe,
+            ))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (trigger, down) = shutdown::channel();
+        let opts = ServerOptions {
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 65536,
+            max_connections: 16,
+            grace: Duration::from_secs(1),
+            drain_linger: Duration::ZERO,
+        };
+        let srv = tokio::spawn(server::run(
+            listener,
+            router,
+            opts,
+            down,
+            Arc::new(AtomicBool::new(false)),
+        ));
+        let answers = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\nGET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).unwrap();
+            String::from_utf8_lossy(&raw).into_owned()
+        })
+        .await
+        .unwrap();
+        trigger.trigger();
+        srv.await.unwrap();
+        let first = answers.find("HTTP/1.1 500").expect("a 500 first");
+        let second = answers.find("HTTP/1.1 200").expect("then a 200");
+        assert!(first < second, "{answers}");
+        assert!(answers.contains(r#""error":"internal""#), "{answers}");
+        assert!(
+            !answers.contains("deliberate"),
+            "panic text leaked: {answers}"
+        );
+        assert!(answers.ends_with("fine"), "{answers}");
+        assert!(answers.contains("x-request-id"), "{answers}");
+        let pool = crate::metrics::snapshot::PoolConfig {
+            threads: 1,
+            queue_capacity: 4,
+        };
+        let text = crate::metrics::Snapshot::collect(state.region, pool).to_prometheus();
+        let counted: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("status=\"500\"") && !l.starts_with('#'))
+            .collect();
+        assert!(
+            counted.iter().any(|l| l.ends_with(" 1")),
+            "500 not counted: {counted:?}"
+        );
+    }
 }

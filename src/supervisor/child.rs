@@ -10,12 +10,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::{LogFormat, ServeArgs};
+use crate::metrics::Region;
 use crate::root::Root;
 use crate::serve::{ServeHooks, serve_until};
 use crate::shutdown;
 
 use super::listener;
-use super::worker::{ENV_LISTEN_FD, ENV_LOG_JSON, ENV_READY_FD, ENV_WORKER, READY_LINE};
+use super::worker::{
+    ENV_LISTEN_FD, ENV_LOG_JSON, ENV_METRICS_FD, ENV_METRICS_SLOT, ENV_READY_FD, ENV_WORKER,
+    READY_LINE,
+};
 
 /// How long idle keep-alive connections of a draining worker wait for one
 /// more request before being closed. Long enough for a busy client to send
@@ -67,6 +71,13 @@ pub fn run(args: ServeArgs, id: usize) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let metrics = match inherit_metrics() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("hashpress worker {id}: metrics region: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let root = match Root::open(&args.root) {
         Ok(r) => r,
         Err(e) => {
@@ -113,11 +124,25 @@ pub fn run(args: ServeArgs, id: usize) -> ExitCode {
         let hooks = ServeHooks {
             on_ready: Some(on_ready),
             drain_linger: DRAIN_LINGER,
+            metrics: Some(metrics),
+            ..ServeHooks::default()
         };
         serve_until(args, listener, root, shutdown, hooks).await;
         tracing::info!("worker drained; exiting");
         ExitCode::SUCCESS
     })
+}
+
+fn inherit_metrics() -> Result<(&'static Region, usize), String> {
+    let fd = env_fd(ENV_METRICS_FD)?;
+    let slot: usize = std::env::var(ENV_METRICS_SLOT)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&s| s < crate::metrics::region::MAX_SLOTS)
+        .ok_or_else(|| format!("{ENV_METRICS_SLOT} is missing or out of range"))?;
+    // SAFETY: the supervisor passed this descriptor to us alone.
+    let region = unsafe { Region::inherit(fd) }.map_err(|e| e.to_string())?;
+    Ok((region, slot))
 }
 
 /// SIGTERM/SIGINT start the drain; SIGQUIT exits now.

@@ -19,6 +19,9 @@ pub mod notify;
 pub mod worker;
 
 use std::collections::BTreeMap;
+
+use crate::metrics::Region;
+use crate::metrics::region::RestartReason;
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -70,6 +73,8 @@ pub enum WorkerState {
 #[derive(Debug)]
 struct Proc {
     slot: usize,
+    /// Its slot in the metrics region, folded into the totals when it exits.
+    metrics_slot: usize,
     generation: u64,
     state: WorkerState,
     started: Instant,
@@ -163,8 +168,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let metrics = match Region::create() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hashpress: cannot create the shared metrics region: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    metrics.set_supervisor_pid(std::process::id());
     let (tx, rx) = mpsc::unbounded_channel();
     let sup = Supervisor {
+        metrics,
         workers: args.workers,
         grace: args.grace,
         ready_timeout: args.ready_timeout,
@@ -190,6 +204,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 struct Supervisor {
+    /// Shared with every worker: their counters, and ours (alive, restarts).
+    metrics: &'static Region,
     workers: usize,
     grace: Duration,
     ready_timeout: Duration,
@@ -273,7 +289,16 @@ impl Supervisor {
             return;
         };
         let (gen_id, exe) = (generation.id, generation.exe.clone());
+        let Some(metrics_slot) = self.metrics.claim(slot as u64 + 1) else {
+            tracing::error!(
+                worker = slot + 1,
+                "no free metrics slot; not starting a worker"
+            );
+            return;
+        };
         let spec = worker::Spec {
+            metrics_fd: self.metrics.fd(),
+            metrics_slot,
             exe: &exe,
             argv0: &self.argv0,
             args: &self.args,
@@ -285,6 +310,7 @@ impl Supervisor {
         match worker::spawn(&spec, self.events.clone()) {
             Ok(pid) => {
                 self.forks += 1;
+                self.metrics.set_pid(metrics_slot, pid);
                 tracing::info!(
                     worker = slot + 1,
                     pid,
@@ -296,6 +322,7 @@ impl Supervisor {
                     pid,
                     Proc {
                         slot,
+                        metrics_slot,
                         generation: gen_id,
                         state: WorkerState::Starting,
                         started: now,
@@ -310,8 +337,10 @@ impl Supervisor {
                     Role::Primary => g.slots[slot].primary = Some(pid),
                     Role::Replacement => g.slots[slot].replacement = Some(pid),
                 }
+                self.metrics.set_workers_alive(self.procs.len());
             }
             Err(e) => {
+                self.metrics.release(metrics_slot);
                 tracing::error!(worker = slot + 1, exe = %exe.display(), error = %e, "cannot start worker");
                 match (which, role) {
                     (Which::Next, _) => self.abort_reload(&format!("cannot start worker: {e}")),
@@ -401,6 +430,9 @@ impl Supervisor {
         let Some(p) = self.procs.remove(&pid) else {
             return;
         };
+        // Its counts join the retired totals before anything else can scrape.
+        self.metrics.release(p.metrics_slot);
+        self.metrics.set_workers_alive(self.procs.len());
         let ran_for = p.ready_at.map_or(Duration::ZERO, |r| now.duration_since(r));
         let expected = p.state == WorkerState::Draining || self.phase == Phase::Draining;
         if expected {
@@ -410,6 +442,7 @@ impl Supervisor {
         if p.generation == self.current.id {
             let s = &mut self.current.slots[p.slot];
             if s.primary == Some(pid) {
+                self.metrics.add_restart(RestartReason::Crash);
                 if let Some(r) = s.replacement.take() {
                     // Its replacement was already on the way: let it take over.
                     s.primary = Some(r);
@@ -501,6 +534,7 @@ impl Supervisor {
             .collect();
         tracing::info!(generation = next.id, retiring = ?old, "reload: new workers ready; draining the old ones");
         for pid in old {
+            self.metrics.add_restart(RestartReason::Reload);
             self.retire(pid, now);
         }
         self.current = next;
@@ -674,6 +708,7 @@ impl Supervisor {
                     limit_bytes = limit,
                     "memory guard: worker over --max-worker-rss; starting its replacement"
                 );
+                self.metrics.add_restart(RestartReason::Memory);
                 self.spawn(Which::Current, slot, Role::Replacement);
             }
         }

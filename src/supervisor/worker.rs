@@ -30,6 +30,10 @@ pub const ENV_READY_FD: &str = "HASHPRESS_INTERNAL_READY_FD";
 /// "1" when the supervisor logs JSON: `--log-format auto` resolved once, by
 /// the process whose stderr the user actually sees.
 pub const ENV_LOG_JSON: &str = "HASHPRESS_INTERNAL_LOG_JSON";
+/// The shared metrics region's descriptor, inherited.
+pub const ENV_METRICS_FD: &str = "HASHPRESS_INTERNAL_METRICS_FD";
+/// This worker's slot in the metrics region.
+pub const ENV_METRICS_SLOT: &str = "HASHPRESS_INTERNAL_METRICS_SLOT";
 /// What a worker writes on the readiness pipe.
 pub const READY_LINE: &[u8] = b"ready\n";
 
@@ -58,6 +62,9 @@ pub struct Spec<'a> {
     /// Stable worker id (1..=N), shown in logs.
     pub slot: usize,
     pub json_logs: bool,
+    /// The metrics region (shared by every worker) and this worker's slot in it.
+    pub metrics_fd: RawFd,
+    pub metrics_slot: usize,
 }
 
 /// Starts a worker and the tasks that forward its output and report its
@@ -73,6 +80,8 @@ pub fn spawn(spec: &Spec<'_>, events: UnboundedSender<WorkerEvent>) -> io::Resul
         .env(ENV_LISTEN_FD, spec.listen_fd.to_string())
         .env(ENV_READY_FD, ready_w.as_raw_fd().to_string())
         .env(ENV_LOG_JSON, if spec.json_logs { "1" } else { "0" })
+        .env(ENV_METRICS_FD, spec.metrics_fd.to_string())
+        .env(ENV_METRICS_SLOT, spec.metrics_slot.to_string())
         // systemd's variables were for the supervisor alone.
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDS")
@@ -84,6 +93,7 @@ pub fn spawn(spec: &Spec<'_>, events: UnboundedSender<WorkerEvent>) -> io::Resul
         .kill_on_drop(false);
     let listen_fd = spec.listen_fd;
     let ready_fd = ready_w.as_raw_fd();
+    let metrics_fd = spec.metrics_fd;
     // SAFETY: getpid before the fork; the closure below only makes
     // async-signal-safe calls (fcntl, prctl, getppid, setpgid) and allocates nothing.
     let parent = unsafe { libc::getpid() };
@@ -94,6 +104,7 @@ pub fn spawn(spec: &Spec<'_>, events: UnboundedSender<WorkerEvent>) -> io::Resul
             // the socket and its own readiness pipe.
             set_cloexec(listen_fd, false)?;
             set_cloexec(ready_fd, false)?;
+            set_cloexec(metrics_fd, false)?;
             // If the supervisor dies without a word, its workers drain and go
             // rather than serve on unsupervised.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {

@@ -389,3 +389,42 @@ fn digest_cache_answers_repeats_and_is_never_stale() {
     let r = srv.get("/hash-file/f.bin?alg=md5");
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn access_log_has_one_line_per_request_with_real_byte_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.txt"), text_like(300_000)).unwrap();
+    let srv = Server::start(dir.path(), &["--access-log"]);
+    assert_eq!(srv.post("/hash", &[1u8; 1000]).status, 200);
+    let gz = srv.get("/compress/t.txt");
+    assert_eq!(gz.status, 200);
+    srv.get("/nope");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let lines = loop {
+        let lines: Vec<serde_json::Value> = srv
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "hashpress::access")
+            .collect();
+        if lines.len() >= 3 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["route"], "/hash");
+    assert_eq!(lines[0]["bytes_in"], 1000);
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[1]["route"], "/compress/{path}");
+    assert_eq!(lines[1]["bytes_out"].as_u64(), Some(gz.body.len() as u64));
+    assert_eq!(lines[1]["complete"], true);
+    assert_eq!(lines[2]["status"], 404);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["micros"].is_u64() && l["method"].is_string())
+    );
+}

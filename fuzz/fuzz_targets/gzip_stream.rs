@@ -1,0 +1,31 @@
+//! The streaming gzip framing: input cut into arbitrary pieces and fed to one
+//! `GzipStream` must come back intact through an independent decoder, with
+//! the byte counts right. (The parallel-gzip framing does not exist yet; this
+//! covers the single-member stream every endpoint uses today.)
+#![no_main]
+
+use std::io::Read;
+
+use hashpress::kernel::{GzipStream, Level};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    let level = Level::new(u32::from(ctl % 9) + 1).expect("1..=9 is valid");
+    // The low bits of the control byte choose the piece size: 1..=64 bytes.
+    let piece = usize::from(ctl >> 2).max(1);
+    let mut gz = GzipStream::new(level);
+    let mut out = Vec::new();
+    for chunk in rest.chunks(piece) {
+        out.extend(gz.compress(chunk));
+    }
+    assert_eq!(gz.bytes_in(), rest.len() as u64);
+    out.extend(gz.finish());
+    let mut back = Vec::new();
+    flate2::read::GzDecoder::new(&out[..])
+        .read_to_end(&mut back)
+        .expect("our gzip decodes");
+    assert_eq!(back, rest);
+});

@@ -1,0 +1,256 @@
+//! Metrics that stay right across every process.
+//!
+//! Each process records into its own `Slot`: a flat array of atomic
+//! counters plus two gauges, valid when all-zero and free of pointers, so
+//! slots can live in one shared memory region (`region.rs`) that the
+//! supervisor creates and every worker maps. A scrape on any worker sums the
+//! live slots and the "retired" slot into which the supervisor folds the
+//! counts of every worker that has exited, so totals never go backwards and
+//! scrape cost does not grow with restarts. `snapshot.rs` renders the sum as
+//! Prometheus text or JSON; `process.rs` reads per-process CPU, memory and
+//! descriptors from /proc.
+
+pub mod process;
+pub mod region;
+pub mod snapshot;
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use region::Region;
+pub use snapshot::Snapshot;
+
+/// Route templates, the `route` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Hash,
+    HashFile,
+    Compress,
+    CompressPath,
+    Metrics,
+    Healthz,
+    Readyz,
+    Dashboard,
+    /// No route matched (404) or anything not listed above.
+    Other,
+}
+
+impl Route {
+    pub const ALL: [Route; 9] = [
+        Route::Hash,
+        Route::HashFile,
+        Route::Compress,
+        Route::CompressPath,
+        Route::Metrics,
+        Route::Healthz,
+        Route::Readyz,
+        Route::Dashboard,
+        Route::Other,
+    ];
+
+    pub fn template(self) -> &'static str {
+        match self {
+            Route::Hash => "/hash",
+            Route::HashFile => "/hash-file/{path}",
+            Route::Compress => "/compress",
+            Route::CompressPath => "/compress/{path}",
+            Route::Metrics => "/metrics",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Dashboard => "/dashboard",
+            Route::Other => "other",
+        }
+    }
+
+    /// The methods this route answers, for the `Allow` header of a 405.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Route::Hash | Route::Compress => "POST",
+            Route::CompressPath => "GET, HEAD, POST",
+            Route::HashFile
+            | Route::Metrics
+            | Route::Healthz
+            | Route::Readyz
+            | Route::Dashboard => "GET, HEAD",
+            Route::Other => "",
+        }
+    }
+
+    /// Classifies a raw request path into its route template.
+    pub fn classify(path: &str) -> Route {
+        match path {
+            "/hash" => Route::Hash,
+            "/compress" => Route::Compress,
+            "/metrics" | "/metrics.json" => Route::Metrics,
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            "/dashboard" => Route::Dashboard,
+            p if p.starts_with("/hash-file/") => Route::HashFile,
+            p if p.starts_with("/compress/") => Route::CompressPath,
+            _ => Route::Other,
+        }
+    }
+}
+
+/// Methods with their own label value; the rest are "other".
+pub const METHODS: [&str; 3] = ["GET", "POST", "other"];
+/// Status codes with their own label value; the rest are "other".
+pub const STATUSES: [u16; 18] = [
+    200, 400, 401, 403, 404, 405, 408, 409, 411, 413, 414, 415, 429, 431, 500, 501, 503, 507,
+];
+/// Upper bounds of the latency histogram, in seconds (100 µs to 60 s).
+pub const BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+const N_ROUTE: usize = Route::ALL.len();
+const N_METHOD: usize = METHODS.len();
+pub(crate) const N_STATUS: usize = STATUSES.len() + 1;
+/// Histogram buckets including +Inf.
+pub(crate) const N_BUCKET: usize = BUCKETS.len() + 1;
+
+/// Where each counter lives in `Slot::counters`.
+pub(crate) mod ix {
+    use super::*;
+    const REQ: usize = 0;
+    const DUR: usize = REQ + N_ROUTE * N_METHOD * N_STATUS;
+    const DUR_SUM: usize = DUR + N_ROUTE * N_BUCKET;
+    const BYTES: usize = DUR_SUM + N_ROUTE;
+    pub const POOL_REJECTED: usize = BYTES + 4;
+    pub const CACHE: usize = POOL_REJECTED + 1;
+    pub const COUNT: usize = CACHE + 2;
+
+    pub fn requests(route: usize, method: usize, status: usize) -> usize {
+        REQ + (route * N_METHOD + method) * N_STATUS + status
+    }
+    /// Per-bucket (not cumulative) count.
+    pub fn bucket(route: usize, bucket: usize) -> usize {
+        DUR + route * N_BUCKET + bucket
+    }
+    pub fn duration_sum_nanos(route: usize) -> usize {
+        DUR_SUM + route
+    }
+    pub fn bytes(op: Op, dir: Direction) -> usize {
+        BYTES + op as usize * 2 + dir as usize
+    }
+    /// `hit` = true for hits.
+    pub fn cache(hit: bool) -> usize {
+        CACHE + hit as usize
+    }
+}
+
+/// What processed bytes were for.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Hash = 0,
+    Compress = 1,
+}
+
+/// Which side of the operation the bytes were on.
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    In = 0,
+    Out = 1,
+}
+
+/// One process's counters. All-zero is a valid, empty slot.
+#[repr(C)]
+pub struct Slot {
+    /// Monotonic counters, indexed by `ix`; folded into the retired slot
+    /// when the process exits.
+    counters: [AtomicU64; ix::COUNT],
+    /// Gauges: jobs waiting, threads busy. Signed so that a decrement racing
+    /// ahead of its increment never wraps. Zeroed, not folded, at exit.
+    pool_queued: AtomicI64,
+    pool_busy: AtomicI64,
+}
+
+impl Slot {
+    /// A zeroed slot on the heap (for tests; processes use a `Region`).
+    pub fn new_boxed() -> Box<Slot> {
+        // SAFETY: Slot is repr(C) and made only of atomics, for which all-zero is valid.
+        unsafe { Box::<Slot>::new_zeroed().assume_init() }
+    }
+
+    fn add(&self, i: usize, n: u64) {
+        self.counters[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn record_request(&self, route: Route, method: &str, status: u16, took: Duration) {
+        let m = METHODS
+            .iter()
+            .position(|x| *x == method)
+            .unwrap_or(N_METHOD - 1);
+        let s = STATUSES
+            .iter()
+            .position(|x| *x == status)
+            .unwrap_or(N_STATUS - 1);
+        let r = route as usize;
+        self.add(ix::requests(r, m, s), 1);
+        let secs = took.as_secs_f64();
+        let b = BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(N_BUCKET - 1);
+        self.add(ix::bucket(r, b), 1);
+        self.add(ix::duration_sum_nanos(r), took.as_nanos() as u64);
+    }
+
+    pub fn add_bytes(&self, op: Op, dir: Direction, n: u64) {
+        self.add(ix::bytes(op, dir), n);
+    }
+
+    pub fn add_pool_rejected(&self) {
+        self.add(ix::POOL_REJECTED, 1);
+    }
+
+    pub fn add_digest_cache(&self, hit: bool) {
+        self.add(ix::cache(hit), 1);
+    }
+
+    pub fn pool_enqueued(&self) {
+        self.pool_queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A pool thread took a job off the queue.
+    pub fn pool_started(&self) {
+        self.pool_queued.fetch_sub(1, Ordering::Relaxed);
+        self.pool_busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn pool_finished(&self) {
+        self.pool_busy.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn pool_queued(&self) -> u64 {
+        self.pool_queued.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub fn pool_busy(&self) -> u64 {
+        self.pool_busy.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub fn pool_rejected(&self) -> u64 {
+        self.counters[ix::POOL_REJECTED].load(Ordering::Relaxed)
+    }
+
+    /// Adds this slot's counters into `sum`.
+    pub(crate) fn sum_into(&self, sum: &mut [u64]) {
+        for (s, c) in sum.iter_mut().zip(&self.counters) {
+            *s += c.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Moves every counter into `retired` and clears the gauges.
+    pub(crate) fn fold_into(&self, retired: &Slot) {
+        for (c, r) in self.counters.iter().zip(&retired.counters) {
+            let v = c.swap(0, Ordering::Relaxed);
+            if v != 0 {
+                r.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        self.pool_queued.store(0, Ordering::Relaxed);
+        self.pool_busy.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,388 @@
+//! One scrape: the region's totals plus per-process readings, rendered as
+//! Prometheus text or JSON from the same figures.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::process::{self, ProcessStats};
+use super::region::{RESTART_REASONS, Reading, Region};
+use super::{BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, STATUSES, ix};
+
+/// Pool settings, reported as gauges.
+pub struct PoolConfig {
+    pub threads: u64,
+    pub queue_capacity: u64,
+}
+
+pub struct Snapshot {
+    reading: Reading,
+    pool: PoolConfig,
+    /// Supervisor (or the single process) first, then workers by id.
+    processes: Vec<(Option<u64>, u32, ProcessStats)>,
+    uptime_seconds: f64,
+}
+
+fn status_label(s: usize) -> String {
+    STATUSES
+        .get(s)
+        .map_or("other".to_string(), |c| c.to_string())
+}
+
+impl Snapshot {
+    pub fn collect(region: &Region, pool: PoolConfig) -> Snapshot {
+        let reading = region.read();
+        let mut processes = Vec::new();
+        match reading.supervisor_pid {
+            Some(pid) => {
+                processes.push((None, pid, process::read(pid)));
+                let mut live = reading.live.clone();
+                live.sort_by_key(|p| (p.worker, p.pid));
+                for p in live {
+                    processes.push((Some(p.worker), p.pid, process::read(p.pid)));
+                }
+            }
+            // Single process: it is the only one, reported unlabelled.
+            None => {
+                let pid = std::process::id();
+                processes.push((None, pid, process::read(pid)));
+            }
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let uptime_seconds = now_ms.saturating_sub(reading.started_unix_ms) as f64 / 1000.0;
+        Snapshot {
+            reading,
+            pool,
+            processes,
+            uptime_seconds,
+        }
+    }
+
+    fn c(&self, i: usize) -> u64 {
+        self.reading.counters[i]
+    }
+
+    fn workers_alive(&self) -> u64 {
+        if self.reading.supervisor_pid.is_some() {
+            self.reading.workers_alive
+        } else {
+            1
+        }
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let o = &mut out;
+        header(
+            o,
+            "hashpress_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route template, method and status.",
+        );
+        for route in Route::ALL {
+            for (m, method) in METHODS.iter().enumerate() {
+                for s in 0..N_STATUS {
+                    let n = self.c(ix::requests(route as usize, m, s));
+                    if n > 0 {
+                        let _ = writeln!(
+                            o,
+                            "hashpress_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{}\"}} {n}",
+                            route.template(),
+                            status_label(s)
+                        );
+                    }
+                }
+            }
+        }
+        header(
+            o,
+            "hashpress_http_request_duration_seconds",
+            "histogram",
+            "Time from request head to response head.",
+        );
+        for route in Route::ALL {
+            let r = route as usize;
+            let total: u64 = (0..N_BUCKET).map(|b| self.c(ix::bucket(r, b))).sum();
+            if total == 0 {
+                continue;
+            }
+            let t = route.template();
+            let mut cumulative = 0;
+            for (b, le) in BUCKETS.iter().enumerate() {
+                cumulative += self.c(ix::bucket(r, b));
+                let _ = writeln!(
+                    o,
+                    "hashpress_http_request_duration_seconds_bucket{{route=\"{t}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                o,
+                "hashpress_http_request_duration_seconds_bucket{{route=\"{t}\",le=\"+Inf\"}} {total}"
+            );
+            let sum = self.c(ix::duration_sum_nanos(r)) as f64 / 1e9;
+            let _ = writeln!(
+                o,
+                "hashpress_http_request_duration_seconds_sum{{route=\"{t}\"}} {sum}"
+            );
+            let _ = writeln!(
+                o,
+                "hashpress_http_request_duration_seconds_count{{route=\"{t}\"}} {total}"
+            );
+        }
+        header(
+            o,
+            "hashpress_processed_bytes_total",
+            "counter",
+            "Bytes hashed or compressed.",
+        );
+        for (op, op_name) in [(Op::Hash, "hash"), (Op::Compress, "compress")] {
+            for (dir, dir_name) in [(Direction::In, "in"), (Direction::Out, "out")] {
+                let _ = writeln!(
+                    o,
+                    "hashpress_processed_bytes_total{{op=\"{op_name}\",direction=\"{dir_name}\"}} {}",
+                    self.c(ix::bytes(op, dir))
+                );
+            }
+        }
+        header(
+            o,
+            "hashpress_pool_rejected_total",
+            "counter",
+            "Requests shed with 503 because the CPU pool queue was full.",
+        );
+        let _ = writeln!(
+            o,
+            "hashpress_pool_rejected_total {}",
+            self.c(ix::POOL_REJECTED)
+        );
+        header(
+            o,
+            "hashpress_digest_cache_requests_total",
+            "counter",
+            "GET /hash-file lookups in the --digest-cache.",
+        );
+        for (hit, name) in [(false, "miss"), (true, "hit")] {
+            let _ = writeln!(
+                o,
+                "hashpress_digest_cache_requests_total{{result=\"{name}\"}} {}",
+                self.c(ix::cache(hit))
+            );
+        }
+        for (name, help, v) in [
+            (
+                "hashpress_pool_queue_depth",
+                "Jobs waiting for a CPU pool thread, all processes.",
+                self.reading.pool_queued,
+            ),
+            (
+                "hashpress_pool_busy_threads",
+                "CPU pool threads running a job, all processes.",
+                self.reading.pool_busy,
+            ),
+            (
+                "hashpress_pool_threads",
+                "CPU pool threads per process (--pool-threads).",
+                self.pool.threads,
+            ),
+            (
+                "hashpress_pool_queue_capacity",
+                "CPU pool queue limit per process (--pool-queue).",
+                self.pool.queue_capacity,
+            ),
+            (
+                "hashpress_workers",
+                "Worker processes alive (1 in single-process mode).",
+                self.workers_alive(),
+            ),
+        ] {
+            header(o, name, "gauge", help);
+            let _ = writeln!(o, "{name} {v}");
+        }
+        header(
+            o,
+            "hashpress_worker_restarts_total",
+            "counter",
+            "Worker processes replaced, by reason.",
+        );
+        for (i, reason) in RESTART_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "hashpress_worker_restarts_total{{reason=\"{reason}\"}} {}",
+                self.reading.restarts[i]
+            );
+        }
+        header(
+            o,
+            "hashpress_uptime_seconds",
+            "gauge",
+            "Seconds since the service (supervisor) started.",
+        );
+        let _ = writeln!(o, "hashpress_uptime_seconds {}", self.uptime_seconds);
+        type Field = fn(&ProcessStats) -> Option<String>;
+        let families: [(&str, &str, &str, Field); 3] = [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time, seconds.",
+                |s| s.cpu_seconds.map(|v| v.to_string()),
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory, bytes.",
+                |s| s.rss_bytes.map(|v| v.to_string()),
+            ),
+            ("process_open_fds", "gauge", "Open file descriptors.", |s| {
+                s.open_fds.map(|v| v.to_string())
+            }),
+        ];
+        for (name, kind, help, field) in families {
+            header(o, name, kind, help);
+            for (worker, pid, stats) in &self.processes {
+                let Some(v) = field(stats) else { continue };
+                match worker {
+                    None => {
+                        let _ = writeln!(o, "{name} {v}");
+                    }
+                    Some(w) => {
+                        let _ = writeln!(o, "{name}{{worker=\"{w}\",pid=\"{pid}\"}} {v}");
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The same figures as JSON, for programs and the dashboard.
+    pub fn to_json(&self) -> Value {
+        let mut requests = Vec::new();
+        let mut latency = Vec::new();
+        for route in Route::ALL {
+            let r = route as usize;
+            for (m, method) in METHODS.iter().enumerate() {
+                for s in 0..N_STATUS {
+                    let n = self.c(ix::requests(r, m, s));
+                    if n > 0 {
+                        requests.push(json!({
+                            "route": route.template(), "method": method,
+                            "status": status_label(s), "count": n,
+                        }));
+                    }
+                }
+            }
+            let total: u64 = (0..N_BUCKET).map(|b| self.c(ix::bucket(r, b))).sum();
+            if total == 0 {
+                continue;
+            }
+            let mut cumulative = 0;
+            let mut buckets: Vec<Value> = BUCKETS
+                .iter()
+                .enumerate()
+                .map(|(b, le)| {
+                    cumulative += self.c(ix::bucket(r, b));
+                    json!({ "le": le, "count": cumulative })
+                })
+                .collect();
+            buckets.push(json!({ "le": "+Inf", "count": total }));
+            latency.push(json!({
+                "route": route.template(),
+                "count": total,
+                "sum_seconds": self.c(ix::duration_sum_nanos(r)) as f64 / 1e9,
+                "buckets": buckets,
+            }));
+        }
+        let processes: Vec<Value> = self
+            .processes
+            .iter()
+            .map(|(worker, pid, s)| {
+                let role = match (worker, self.reading.supervisor_pid) {
+                    (Some(_), _) => "worker",
+                    (None, Some(_)) => "supervisor",
+                    (None, None) => "single",
+                };
+                json!({
+                    "role": role, "worker": worker, "pid": pid,
+                    "cpu_seconds": s.cpu_seconds, "rss_bytes": s.rss_bytes, "open_fds": s.open_fds,
+                })
+            })
+            .collect();
+        let restarts: serde_json::Map<String, Value> = RESTART_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.to_string(), json!(self.reading.restarts[i])))
+            .collect();
+        json!({
+            "uptime_seconds": self.uptime_seconds,
+            "workers": { "alive": self.workers_alive(), "restarts": restarts },
+            "requests": requests,
+            "latency": latency,
+            "bytes": {
+                "hash_in": self.c(ix::bytes(Op::Hash, Direction::In)),
+                "hash_out": self.c(ix::bytes(Op::Hash, Direction::Out)),
+                "compress_in": self.c(ix::bytes(Op::Compress, Direction::In)),
+                "compress_out": self.c(ix::bytes(Op::Compress, Direction::Out)),
+            },
+            "pool": {
+                "queue_depth": self.reading.pool_queued,
+                "busy_threads": self.reading.pool_busy,
+                "threads": self.pool.threads,
+                "queue_capacity": self.pool.queue_capacity,
+                "rejected": self.c(ix::POOL_REJECTED),
+            },
+            "digest_cache": { "hit": self.c(ix::cache(true)), "miss": self.c(ix::cache(false)) },
+            "processes": processes,
+        })
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn text_and_json_agree() {
+        let r = Region::create().unwrap();
+        let i = r.claim(0).unwrap();
+        r.set_pid(i, std::process::id());
+        let slot = r.slot(i);
+        slot.record_request(Route::Hash, "POST", 200, Duration::from_micros(50));
+        slot.record_request(Route::Hash, "POST", 200, Duration::from_millis(3));
+        slot.record_request(Route::Hash, "PUT", 405, Duration::from_secs(100));
+        slot.add_bytes(Op::Hash, Direction::In, 15);
+        let snap = Snapshot::collect(
+            r,
+            PoolConfig {
+                threads: 2,
+                queue_capacity: 8,
+            },
+        );
+        let text = snap.to_prometheus();
+        assert!(text.contains(
+            "hashpress_http_requests_total{route=\"/hash\",method=\"POST\",status=\"200\"} 2\n"
+        ));
+        assert!(text.contains(
+            "hashpress_http_requests_total{route=\"/hash\",method=\"other\",status=\"405\"} 1\n"
+        ));
+        assert!(text.contains("route=\"/hash\",le=\"0.0001\"} 1\n"));
+        assert!(text.contains("route=\"/hash\",le=\"0.005\"} 2\n"));
+        assert!(text.contains("route=\"/hash\",le=\"+Inf\"} 3\n"));
+        assert!(
+            text.contains("hashpress_processed_bytes_total{op=\"hash\",direction=\"in\"} 15\n")
+        );
+        assert!(text.contains("\nprocess_resident_memory_bytes "));
+        let j = snap.to_json();
+        assert_eq!(j["bytes"]["hash_in"], 15);
+        assert_eq!(j["latency"][0]["count"], 3);
+        assert_eq!(j["latency"][0]["buckets"][6]["count"], 2);
+        assert_eq!(j["requests"][0]["count"], 2);
+        assert_eq!(j["workers"]["alive"], 1);
+    }
+}
