@@ -181,7 +181,11 @@ fn wait_workers(srv: &Server, n: u64) {
         if r.status == 200 && r.json()["workers"]["alive"].as_u64() == Some(n) {
             return;
         }
-        assert!(Instant::now() < end, "never {n} workers alive: {}", r.text());
+        assert!(
+            Instant::now() < end,
+            "never {n} workers alive: {}",
+            r.text()
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -199,7 +203,12 @@ fn dashboard_fills_with_live_figures_in_chromium() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let loaders = load(srv.addr, stop.clone(), sent.clone(), Duration::from_secs(45));
+    let loaders = load(
+        srv.addr,
+        stop.clone(),
+        sent.clone(),
+        Duration::from_secs(45),
+    );
     thread::sleep(Duration::from_millis(700));
 
     let url = format!("http://{}/dashboard", srv.addr);
@@ -214,7 +223,12 @@ fn dashboard_fills_with_live_figures_in_chromium() {
         t.join().expect("load thread");
     }
     let (m, points) = read_dom(&dom);
-    let report = || format!("metrics: {m:?}\npoints: {points:?}\nDOM head: {:.3000}", dom);
+    let report = || {
+        format!(
+            "metrics: {m:?}\npoints: {points:?}\nDOM head: {:.3000}",
+            dom
+        )
+    };
     assert!(sent.load(Ordering::Relaxed) > 20, "too little load");
 
     assert!(
@@ -276,7 +290,14 @@ fn dashboard_page_is_self_contained() {
     assert!(csp.contains("connect-src 'self'"), "{csp}");
     let page = r.text();
     assert!(page.contains("/metrics.json"));
-    for far in ["http://", "https://", "//cdn", "@import", "<script src", "<link rel=\"stylesheet\""] {
+    for far in [
+        "http://",
+        "https://",
+        "//cdn",
+        "@import",
+        "<script src",
+        "<link rel=\"stylesheet\"",
+    ] {
         assert!(!page.contains(far), "the page loads {far:?}");
     }
     assert_eq!(srv.post("/dashboard", b"").status, 405);
