@@ -323,4 +323,23 @@ fn dashboard_opens_without_token_but_figures_need_one() {
         b"",
     );
     assert_eq!(r.status, 200);
+
+    // In the browser, without a token: "disconnected", and the token form.
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/dashboard", srv.addr);
+    let dom = run_chromium(
+        profile.path(),
+        &["--virtual-time-budget=2500", "--dump-dom"],
+        &url,
+        Duration::from_secs(30),
+    );
+    assert!(
+        dom.contains("data-connection=\"disconnected\""),
+        "{dom:.3000}"
+    );
+    assert!(dom.contains("a token is needed"), "{dom:.3000}");
+    assert!(
+        !dom.contains("<form id=\"token-form\" hidden"),
+        "{dom:.3000}"
+    );
 }
