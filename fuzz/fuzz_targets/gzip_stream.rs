@@ -1,7 +1,7 @@
 //! The streaming gzip framing: input cut into arbitrary pieces and fed to one
 //! `GzipStream` must come back intact through an independent decoder, with
-//! the byte counts right. (The parallel-gzip framing does not exist yet; this
-//! covers the single-member stream every endpoint uses today.)
+//! the byte counts right. This covers the serial single-member stream;
+//! `pgzip.rs` covers the parallel one.
 #![no_main]
 
 use std::io::Read;
