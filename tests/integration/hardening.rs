@@ -389,7 +389,10 @@ fn overload_sheds_with_503_and_recovers() {
     );
     assert_eq!(ok + shed, 64);
     assert!(shed > 0, "nothing was shed");
-    assert!(ok >= 5, "only {ok} served");
+    // Admission is per job, not per request: admitted requests' later jobs
+    // (file chunks, parallel-gzip blocks) take queue room too, so fewer than
+    // threads + queue may be admitted at once; some must be.
+    assert!(ok >= 2, "only {ok} served");
     assert!(
         peak < base_rss + 64 * 1024,
         "RSS grew from {base_rss} KiB to {peak} KiB"
