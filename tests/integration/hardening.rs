@@ -808,3 +808,45 @@ fn schemathesis_finds_nothing() {
     assert!(served > 100.0, "schemathesis sent only {served} requests");
     assert_healthy_with(&srv, "schemathesis-token");
 }
+
+#[test]
+fn max_connections_holds_extra_clients_in_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &["--max-connections", "2"]);
+    // Two idle keep-alive connections take both slots.
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(srv.addr);
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            s
+        })
+        .collect();
+    // A third client connects (the kernel queues it) but is not served...
+    let mut third = connect(srv.addr);
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    match third.read(&mut buf) {
+        Err(e) => assert!(
+            matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "{e}"
+        ),
+        Ok(n) => panic!("served beyond --max-connections: {:?}", &buf[..n]),
+    }
+    // ...until a slot frees up; then it is answered, not dropped.
+    held.pop().unwrap().shutdown(Shutdown::Both).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let r = read_response(&mut third);
+    assert_eq!(r.status, 200);
+    drop(held);
+}
