@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hashpress::config::{Cli, Command, apply_config_file};
-use hashpress::root::Root;
 use hashpress::supervisor;
 
 fn main() -> ExitCode {
@@ -53,26 +52,13 @@ fn main() -> ExitCode {
 
 /// `--workers 0`: serve in this process.
 fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
-    let root = match Root::open(&args.root) {
+    let root = match hashpress::serve::open_root(&args) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "hashpress: cannot serve --root {}: {e}",
-                args.root.display()
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("hashpress-io")
-        .build()
-    {
+    let runtime = match hashpress::serve::io_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("hashpress: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(args.listen).await {

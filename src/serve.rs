@@ -15,6 +15,29 @@ use crate::root::Root;
 use crate::server::{self, ServerOptions};
 use crate::shutdown;
 
+/// Opens `--root`, or says why not (exit code 2: a configuration error).
+pub fn open_root(args: &ServeArgs) -> Result<Root, std::process::ExitCode> {
+    Root::open(&args.root).map_err(|e| {
+        eprintln!(
+            "hashpress: cannot serve --root {}: {e}",
+            args.root.display()
+        );
+        std::process::ExitCode::from(2)
+    })
+}
+
+/// The runtime that serves HTTP: one I/O thread per core.
+pub fn io_runtime() -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hashpress-io")
+        .build()
+        .map_err(|e| {
+            eprintln!("hashpress: cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        })
+}
+
 /// Runs the server on `listener` until SIGTERM/SIGINT and the drain that follows.
 pub async fn serve(args: ServeArgs, listener: TcpListener, root: Root) {
     let admin_listener = match args.admin_listen {

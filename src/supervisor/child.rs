@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use crate::config::{LogFormat, ServeArgs};
 use crate::metrics::Region;
-use crate::root::Root;
 use crate::serve::{ServeHooks, serve_until};
 use crate::shutdown;
 
@@ -78,26 +77,13 @@ pub fn run(args: ServeArgs, id: usize) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let root = match Root::open(&args.root) {
+    let root = match crate::serve::open_root(&args) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "hashpress: cannot serve --root {}: {e}",
-                args.root.display()
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("hashpress-io")
-        .build()
-    {
+    let runtime = match crate::serve::io_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("hashpress: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         // Non-blocking is a property of the shared open socket: every worker

@@ -699,7 +699,9 @@ impl Supervisor {
             if self.procs.get(&pid).map(|p| p.state) != Some(WorkerState::Ready) {
                 continue;
             }
-            let Some(rss) = rss_bytes(pid) else { continue };
+            let Some(rss) = crate::metrics::process::rss_bytes(pid) else {
+                continue;
+            };
             if rss > limit {
                 tracing::warn!(
                     worker = slot + 1,
@@ -755,18 +757,4 @@ fn on_disk_exe() -> std::io::Result<PathBuf> {
         Some(p) => PathBuf::from(unsafe { OsString::from_encoded_bytes_unchecked(p.to_vec()) }),
         None => exe,
     })
-}
-
-/// Resident memory of `pid` from /proc/PID/status, in bytes.
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }

@@ -36,50 +36,12 @@ impl Cluster {
         ])
         .arg(root)
         .args(args);
+        crate::helpers::clean_env(&mut cmd);
         Cluster::spawn(cmd)
     }
 
-    fn spawn(mut cmd: Command) -> Cluster {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("HASHPRESS_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawning hashpress");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = Arc::clone(&log);
-            // Keep draining: a full pipe would block the supervisor.
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(i) = line.find("listening on http://") {
-                        let rest = &line[i + "listening on http://".len()..];
-                        let end = rest
-                            .find(|c: char| c == '"' || c.is_whitespace())
-                            .unwrap_or(rest.len());
-                        let _ = tx.send(rest[..end].to_string());
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let addr = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(a) => a.parse().expect("address in the log"),
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!(
-                    "no 'listening on' ({status:?}); log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
+    fn spawn(cmd: Command) -> Cluster {
+        let (child, addr, log) = crate::helpers::spawn_listening(cmd);
         let c = Cluster { child, addr, log };
         c.wait_log(Duration::from_secs(15), |v| {
             v["message"] == "all workers ready"
@@ -658,6 +620,7 @@ fn socket_activation_and_sd_notify() {
             Ok(())
         });
     }
+    crate::helpers::clean_env(&mut cmd);
     let c = Cluster::spawn(cmd);
     assert_eq!(c.addr, addr, "serves on the socket it was given");
     drop(listener);

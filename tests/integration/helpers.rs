@@ -39,11 +39,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("HASHPRESS_") {
-                cmd.env_remove(k);
-            }
-        }
+        clean_env(&mut cmd);
         // One process unless the test asks for workers: what these tests
         // measure (memory, pids, signals) is then the serving process itself.
         // Cluster behaviour has its own tests in cluster.rs.
@@ -53,38 +49,7 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawning hashpress");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                // Keep draining: a full pipe would block the server's logging.
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(i) = line.find("listening on http://") {
-                        let rest = &line[i + "listening on http://".len()..];
-                        let end = rest
-                            .find(|c: char| c == '"' || c.is_whitespace())
-                            .unwrap_or(rest.len());
-                        let _ = tx.send(rest[..end].to_string());
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let addr = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(a) => a.parse().expect("address in the log"),
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!(
-                    "server did not start ({status:?}); log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
+        let (child, addr, log) = spawn_listening(cmd);
         Server { child, addr, log }
     }
 
@@ -128,6 +93,55 @@ impl Server {
         let text = self.get("/metrics").text();
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
+/// Keeps the developer's own HASHPRESS_* settings out of a test server.
+pub fn clean_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HASHPRESS_") {
+            cmd.env_remove(k);
+        }
+    }
+}
+
+/// Spawns `cmd` (stderr piped), keeps draining its stderr into a shared log
+/// (a full pipe would block the server's logging), and waits for the
+/// `listening on http://ADDR` line.
+pub fn spawn_listening(mut cmd: Command) -> (Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning hashpress");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(i) = line.find("listening on http://") {
+                    let rest = &line[i + "listening on http://".len()..];
+                    let end = rest
+                        .find(|c: char| c == '"' || c.is_whitespace())
+                        .unwrap_or(rest.len());
+                    let _ = tx.send(rest[..end].to_string());
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    match rx.recv_timeout(Duration::from_secs(15)) {
+        Ok(a) => (child, a.parse().expect("address in the log"), log),
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!(
+                "server did not start ({status:?}); log:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        }
     }
 }
 
