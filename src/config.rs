@@ -25,6 +25,8 @@ Start it with `hashpress serve --root DIR`, then e.g.\n  \
 curl --data-binary @file 'http://127.0.0.1:3000/hash?alg=sha256,blake3'\n  \
 curl http://127.0.0.1:3000/hash-file/some/file.bin\n  \
 curl -o f.gz http://127.0.0.1:3000/compress/some/file.bin\n\n\
+Inputs of 4 MiB or more are gzipped in parallel (pigz's method: 128 KiB blocks on every pool \
+thread, one valid gzip stream); add ?parallel=0 or ?parallel=1 to choose.\n\n\
 Every `serve` flag can also be set as HASHPRESS_<FLAG> in the environment or as a key in the \
 --config TOML file; precedence is flag > environment > file > default."
 )]
@@ -36,6 +38,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the HTTP API (see `hashpress serve --help` for every flag).
+    #[command(long_about = "Serve the HTTP API: POST /hash, GET /hash-file/{path}, \
+GET|POST /compress/{path}, POST /compress, /metrics, /metrics.json, /dashboard, /healthz, /readyz, \
+/openapi.json.\n\n\
+By default a supervisor runs 2 worker processes on one socket (--workers 0: a single process). \
+gzip inputs of 4 MiB or more are compressed in parallel (128 KiB blocks on every pool thread, \
+one gzip stream); ?parallel=0|1 chooses.")]
     Serve(ServeArgs),
 }
 
