@@ -43,7 +43,9 @@ fn gzip_response(body: Body) -> Response {
     resp
 }
 
-fn stream_error(e: ApiError) -> std::io::Error {
+/// Ends a response body that has already started: the client sees a cut
+/// stream (an incomplete gzip member), the log sees why.
+pub(super) fn stream_error(e: ApiError) -> std::io::Error {
     std::io::Error::other(format!("{}: {}", e.code(), e.message()))
 }
 

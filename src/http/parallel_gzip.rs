@@ -17,6 +17,7 @@ use futures_util::stream::FuturesOrdered;
 
 use super::AppState;
 use super::body::BodyReader;
+use super::compress::stream_error;
 use crate::error::ApiError;
 use crate::kernel::Level;
 use crate::kernel::pgzip::{self, BLOCK, Block, DICT};
@@ -79,10 +80,6 @@ impl Pipeline {
     fn trailer(&self) -> Bytes {
         Bytes::copy_from_slice(&pgzip::trailer(&self.crc))
     }
-}
-
-fn stream_error(e: ApiError) -> std::io::Error {
-    std::io::Error::other(format!("{}: {}", e.code(), e.message()))
 }
 
 /// Streams `file` (of `size` bytes at open) as one gzip member. Each job
