@@ -93,7 +93,6 @@ pub fn file_body(st: &AppState, file: File, size: u64, level: Level, shown: Stri
         blocks: u64,
         next_block: u64,
         pipe: Pipeline,
-        header_sent: bool,
         finished: bool,
     }
     let state = State {
@@ -103,16 +102,11 @@ pub fn file_body(st: &AppState, file: File, size: u64, level: Level, shown: Stri
         blocks: size.div_ceil(BLOCK as u64).max(1),
         next_block: 0,
         pipe: Pipeline::new(st, level),
-        header_sent: false,
         finished: false,
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         if s.finished {
             return None;
-        }
-        if !s.header_sent {
-            s.header_sent = true;
-            return Some((Ok(Bytes::copy_from_slice(&pgzip::header(s.pipe.level))), s));
         }
         while !s.pipe.full() && s.next_block < s.blocks {
             let i = s.next_block;
@@ -158,7 +152,7 @@ pub fn file_body(st: &AppState, file: File, size: u64, level: Level, shown: Stri
             }
         }
     });
-    Body::from_stream(stream)
+    with_header(level, stream)
 }
 
 /// Streams a request body as one gzip member, compressing blocks in
@@ -172,7 +166,6 @@ pub fn body_body(st: &AppState, body: BodyReader, level: Level) -> Body {
         pending: Vec<u8>,
         /// The last `DICT` bytes before `pending`.
         dict: Bytes,
-        header_sent: bool,
         body_done: bool,
         finished: bool,
         /// Compressed blocks ready to send, in order.
@@ -183,7 +176,6 @@ pub fn body_body(st: &AppState, body: BodyReader, level: Level) -> Body {
         pipe: Pipeline::new(st, level),
         pending: Vec::with_capacity(BLOCK),
         dict: Bytes::new(),
-        header_sent: false,
         body_done: false,
         finished: false,
         ready: VecDeque::new(),
@@ -191,10 +183,6 @@ pub fn body_body(st: &AppState, body: BodyReader, level: Level) -> Body {
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         if s.finished {
             return None;
-        }
-        if !s.header_sent {
-            s.header_sent = true;
-            return Some((Ok(Bytes::copy_from_slice(&pgzip::header(s.pipe.level))), s));
         }
         loop {
             if let Some(b) = s.ready.pop_front() {
@@ -247,7 +235,16 @@ pub fn body_body(st: &AppState, body: BodyReader, level: Level) -> Body {
             }
         }
     });
-    Body::from_stream(stream)
+    with_header(level, stream)
+}
+
+/// The gzip header, then the blocks' stream (which ends with the trailer).
+fn with_header<S>(level: Level, blocks: S) -> Body
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let header = Bytes::copy_from_slice(&pgzip::header(level));
+    Body::from_stream(futures_util::stream::once(async move { Ok(header) }).chain(blocks))
 }
 
 fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {

@@ -62,20 +62,6 @@ impl Route {
         }
     }
 
-    /// The methods this route answers, for the `Allow` header of a 405.
-    pub fn allow(self) -> &'static str {
-        match self {
-            Route::Hash | Route::Compress => "POST",
-            Route::CompressPath => "GET, HEAD, POST",
-            Route::HashFile
-            | Route::Metrics
-            | Route::Healthz
-            | Route::Readyz
-            | Route::Dashboard => "GET, HEAD",
-            Route::Other => "",
-        }
-    }
-
     /// Classifies a raw request path into its route template.
     pub fn classify(path: &str) -> Route {
         match path {
