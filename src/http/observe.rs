@@ -23,11 +23,11 @@ pub async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Re
     let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let route = Route::classify(req.uri().path());
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let req = if st.access_log {
-        req.map(|b| access_log::CountIn::wrap(b, bytes_in.clone()))
-    } else {
-        req
+    // Counted only when logged: the default path allocates nothing here.
+    let bytes_in = st.access_log.then(|| Arc::new(AtomicU64::new(0)));
+    let req = match &bytes_in {
+        Some(count) => req.map(|b| access_log::CountIn::wrap(b, count.clone())),
+        None => req,
     };
     let allow = super::allowed_methods(req.uri().path());
     // A panicking handler fails its own request, not the connection or the process.
@@ -56,7 +56,7 @@ pub async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Re
         st.metrics
             .record_request(route, method.as_str(), status, start.elapsed());
     }
-    if st.access_log {
+    if let Some(bytes_in) = bytes_in {
         let entry = access_log::Entry {
             request_id: id,
             method: method.to_string(),
