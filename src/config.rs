@@ -82,6 +82,20 @@ pub struct ServeArgs {
           default_value = "false", default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_write: bool,
 
+    /// Threads that run the HTTP side of each process (accepting, parsing, streaming
+    /// bodies, hashing them as they arrive). 0 = automatic: one per core in a single
+    /// process; in cluster mode, cores divided by --workers (at least 1) in each
+    /// worker, so the workers together have one per core. With 1 thread the process
+    /// uses tokio's current-thread scheduler: no work stealing and no cross-thread
+    /// wake-ups, the cheapest way to serve many small requests.
+    #[arg(
+        long,
+        env = "HASHPRESS_IO_THREADS",
+        default_value = "0",
+        value_name = "N"
+    )]
+    pub io_threads: usize,
+
     /// Threads in the CPU pool that hashes files and compresses. 0 = one per core.
     #[arg(
         long,
@@ -211,6 +225,15 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// I/O threads of this process after applying "0 = automatic" (see `--io-threads`).
+    pub fn effective_io_threads(&self) -> usize {
+        if self.io_threads > 0 {
+            return self.io_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / self.workers.max(1)).max(1)
+    }
+
     /// Pool threads after applying "0 = one per core".
     pub fn effective_pool_threads(&self) -> usize {
         if self.pool_threads == 0 {

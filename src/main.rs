@@ -6,6 +6,12 @@ use clap::Parser;
 use hashpress::config::{Cli, Command, apply_config_file};
 use hashpress::supervisor;
 
+/// Every request allocates and frees a few dozen small objects and one
+/// 8 KiB read buffer; glibc's malloc spent a third of a tiny request's
+/// instructions on them (callgrind), mimalloc's per-thread free lists far less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Err(e) = apply_config_file(&argv) {
@@ -56,7 +62,7 @@ fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let runtime = match hashpress::serve::io_runtime() {
+    let runtime = match hashpress::serve::io_runtime(args.effective_io_threads()) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -71,6 +77,7 @@ fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
         let addr = listener.local_addr().map_or(args.listen, |a| a);
         tracing::info!(
             root = %root.path().display(),
+            io_threads = args.effective_io_threads(),
             pool_threads = args.effective_pool_threads(),
             pool_queue = args.effective_pool_queue(),
             allow_write = args.allow_write,

@@ -26,9 +26,19 @@ pub fn open_root(args: &ServeArgs) -> Result<Root, std::process::ExitCode> {
     })
 }
 
-/// The runtime that serves HTTP: one I/O thread per core.
-pub fn io_runtime() -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The runtime that serves HTTP, with `threads` I/O threads (see
+/// `--io-threads`). One thread gets the current-thread scheduler: a worker
+/// process that is one of several sharing the cores gains nothing from work
+/// stealing, and pays for it in wake-ups between threads.
+pub fn io_runtime(threads: usize) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder
         .enable_all()
         .thread_name("hashpress-io")
         .build()

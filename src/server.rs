@@ -4,11 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
+use crate::http::App;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -37,7 +36,7 @@ pub struct ServerOptions {
 /// returns. `draining` is raised as soon as the drain starts.
 pub async fn run(
     listener: TcpListener,
-    app: Router,
+    app: App,
     opts: ServerOptions,
     mut shutdown: Shutdown,
     draining: Arc<AtomicBool>,
@@ -47,25 +46,6 @@ pub async fn run(
         .max_connections
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let slots = Arc::new(Semaphore::new(max_connections));
-    // While draining, every answer tells its client to reconnect: in cluster
-    // mode the reconnection lands on a worker that is not going away.
-    let app = {
-        let draining = draining.clone();
-        app.layer(axum::middleware::map_response(
-            move |mut resp: axum::response::Response| {
-                let draining = draining.load(Ordering::Relaxed);
-                async move {
-                    if draining {
-                        resp.headers_mut().insert(
-                            hyper::header::CONNECTION,
-                            hyper::header::HeaderValue::from_static("close"),
-                        );
-                    }
-                    resp
-                }
-            },
-        ))
-    };
     loop {
         // Hold a slot before accepting: at the limit, new clients wait in the
         // kernel's queue instead of being accepted and starved.
@@ -86,7 +66,7 @@ pub async fn run(
             _ = shutdown.recv() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let service = app.clone();
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -15,10 +15,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
@@ -161,23 +159,23 @@ pub fn exposure_warnings(
     out
 }
 
-/// The middleware: lets `/healthz` and `/readyz` through, and everything
+/// Lets `/healthz`, `/readyz` and `/dashboard` through, and everything
 /// else only with a valid bearer token (when a token file is configured).
-pub async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+pub fn check(st: &AppState, req: &Request) -> Result<(), ApiError> {
     let Some(tokens) = &st.access.tokens else {
-        return next.run(req).await;
+        return Ok(());
     };
     if OPEN_PATHS.contains(&req.uri().path()) {
-        return next.run(req).await;
+        return Ok(());
     }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| bearer(v.as_bytes()));
     match presented {
-        Some(Some(token)) if tokens.accepts(token) => next.run(req).await,
-        Some(_) => ApiError::Unauthorized(true).into_response(),
-        None => ApiError::Unauthorized(false).into_response(),
+        Some(Some(token)) if tokens.accepts(token) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized(true)),
+        None => Err(ApiError::Unauthorized(false)),
     }
 }
 

@@ -12,6 +12,8 @@ mod openapi;
 mod parallel_gzip;
 pub mod query;
 
+pub use observe::App;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -98,8 +100,13 @@ pub fn allowed_methods(path: &str) -> String {
     out.join(", ")
 }
 
+/// The API: every route, behind the steps every request takes (`observe`).
+pub fn app(state: AppState) -> App {
+    App::new(routes(state.clone()), state, true)
+}
+
 /// The router: every route of the API and nothing else.
-pub fn app(state: AppState) -> Router {
+fn routes(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/hash", post(hash::hash_body))
         .route("/hash-file/", get(hash::hash_file))
@@ -122,32 +129,19 @@ pub fn app(state: AppState) -> Router {
             .route("/metrics.json", get(health::metrics_json))
             .route("/dashboard", get(dashboard::page));
     }
-    router
-        .fallback(observe::no_route)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            observe::observe,
-        ))
-        .with_state(state)
+    router.fallback(observe::no_route).with_state(state)
 }
 
 /// The router of `--admin-listen`: `/metrics` only, without a token (bind it
 /// to a private address).
-pub fn admin_app(state: AppState) -> Router {
-    Router::new()
+pub fn admin_app(state: AppState) -> App {
+    let router = Router::new()
         .route("/metrics", get(health::metrics))
         .route("/metrics.json", get(health::metrics_json))
         .route("/dashboard", get(dashboard::page))
         .fallback(observe::no_route)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            observe::observe,
-        ))
-        .with_state(state)
+        .with_state(state.clone());
+    App::new(router, state, false)
 }
 
 /// A state over `root` with a one-thread pool, for unit tests of the router.

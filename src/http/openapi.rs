@@ -22,7 +22,7 @@ mod tests {
 
     use axum::body::Body;
     use axum::http::{Method, Request, StatusCode};
-    use tower::ServiceExt;
+    use hyper::service::Service;
 
     use super::SPEC;
     use crate::http::{ROUTES, app, test_state};
@@ -97,7 +97,7 @@ mod tests {
                     .uri(&path)
                     .body(Body::empty())
                     .unwrap();
-                let resp = router.clone().oneshot(req).await.unwrap();
+                let resp = router.call(req).await.unwrap();
                 let status = resp.status();
                 if methods.contains(&m) {
                     assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
@@ -116,7 +116,7 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         assert_eq!(
-            router.oneshot(req).await.unwrap().status(),
+            router.call(req).await.unwrap().status(),
             StatusCode::NOT_FOUND
         );
     }

@@ -81,7 +81,7 @@ pub fn run(args: ServeArgs, id: usize) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let runtime = match crate::serve::io_runtime() {
+    let runtime = match crate::serve::io_runtime(args.effective_io_threads()) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
