@@ -182,8 +182,6 @@ pub fn path_after(uri_path: &str, prefix: &str) -> Result<RelPath, ApiError> {
 /// small body (a dozen allocations and an escaping pass over hex digits).
 fn digest_response(d: &Digests, path: Option<&str>) -> Response {
     let (alg, hex) = d.primary();
-    let mut by_name: Vec<&(crate::kernel::Algorithm, String)> = d.entries.iter().collect();
-    by_name.sort_unstable_by_key(|(a, _)| a.name());
     let mut out = String::with_capacity(96 + 150 * d.entries.len() + path.map_or(0, str::len));
     // Algorithm names and hex digits need no escaping.
     out.push_str(r#"{"algorithm":""#);
@@ -191,15 +189,13 @@ fn digest_response(d: &Digests, path: Option<&str>) -> Response {
     out.push_str(r#"","bytes":"#);
     out.push_str(itoa::Buffer::new().format(d.bytes));
     out.push_str(r#","digests":{"#);
-    for (i, (a, h)) in by_name.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('"');
-        out.push_str(a.name());
-        out.push_str(r#"":""#);
-        out.push_str(h);
-        out.push('"');
+    // By name; the usual single digest needs no sorting (nor a Vec to sort in).
+    if d.entries.len() == 1 {
+        push_digests(&mut out, d.entries.iter());
+    } else {
+        let mut by_name: Vec<_> = d.entries.iter().collect();
+        by_name.sort_unstable_by_key(|(a, _)| a.name());
+        push_digests(&mut out, by_name.into_iter());
     }
     out.push_str(r#"},"hash":""#);
     out.push_str(hex);
@@ -218,6 +214,22 @@ fn digest_response(d: &Digests, path: Option<&str>) -> Response {
         out,
     )
         .into_response()
+}
+
+fn push_digests<'a>(
+    out: &mut String,
+    entries: impl Iterator<Item = &'a (crate::kernel::Algorithm, String)>,
+) {
+    for (i, (a, h)) in entries.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(a.name());
+        out.push_str(r#"":""#);
+        out.push_str(h);
+        out.push('"');
+    }
 }
 
 #[cfg(test)]

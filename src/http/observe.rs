@@ -19,7 +19,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use tower::ServiceExt;
@@ -29,6 +29,9 @@ use crate::error::ApiError;
 use crate::metrics::Route;
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A constant name: `insert("x-request-id", ..)` would allocate the name per request.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A router behind the per-request steps above; what the accept loop serves.
 #[derive(Clone)]
@@ -112,7 +115,7 @@ impl App {
         }
         drop(uri);
         resp.headers_mut()
-            .insert("x-request-id", HeaderValue::from(id));
+            .insert(X_REQUEST_ID, HeaderValue::from(id));
         // While draining, every answer tells its client to reconnect: in
         // cluster mode the reconnection lands on a worker that is not going away.
         if st.draining.load(Ordering::Relaxed) {
