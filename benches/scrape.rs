@@ -37,6 +37,7 @@ fn scrape(c: &mut Criterion) {
     let pool = || PoolConfig {
         threads: 2,
         queue_capacity: 64,
+        io_threads: 2,
     };
     for restarts in [0usize, 1000] {
         let region = region_after_restarts(restarts);

@@ -83,11 +83,10 @@ pub struct ServeArgs {
     pub allow_write: bool,
 
     /// Threads that run the HTTP side of each process (accepting, parsing, streaming
-    /// bodies, hashing them as they arrive). 0 = automatic: one per core in a single
-    /// process; in cluster mode, cores divided by --workers (at least 1) in each
-    /// worker, so the workers together have one per core. With 1 thread the process
-    /// uses tokio's current-thread scheduler: no work stealing and no cross-thread
-    /// wake-ups, the cheapest way to serve many small requests.
+    /// bodies, hashing them as they arrive). 0 = one per core, in every process: the
+    /// kernel hands a new connection to whichever worker accepts first, so one worker
+    /// may hold the few heavy uploads of the moment, and it needs every core to hash
+    /// them. 1 = tokio's current-thread scheduler (no work stealing).
     #[arg(
         long,
         env = "HASHPRESS_IO_THREADS",
@@ -225,13 +224,12 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// I/O threads of this process after applying "0 = automatic" (see `--io-threads`).
+    /// I/O threads of this process after applying "0 = one per core".
     pub fn effective_io_threads(&self) -> usize {
         if self.io_threads > 0 {
             return self.io_threads;
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / self.workers.max(1)).max(1)
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
     /// Pool threads after applying "0 = one per core".

@@ -27,9 +27,8 @@ pub fn open_root(args: &ServeArgs) -> Result<Root, std::process::ExitCode> {
 }
 
 /// The runtime that serves HTTP, with `threads` I/O threads (see
-/// `--io-threads`). One thread gets the current-thread scheduler: a worker
-/// process that is one of several sharing the cores gains nothing from work
-/// stealing, and pays for it in wake-ups between threads.
+/// `--io-threads`). One thread gets the current-thread scheduler, which has
+/// no work stealing to pay for.
 pub fn io_runtime(threads: usize) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -152,6 +151,7 @@ pub async fn serve_until(
             digest_cache: (args.digest_cache > 0)
                 .then(|| Arc::new(DigestCache::new(args.digest_cache))),
             allow_write: args.allow_write,
+            io_threads: args.effective_io_threads(),
             access_log: args.access_log,
             record_metrics: args.metrics,
             max_body: args.max_body,

@@ -48,6 +48,8 @@ pub struct Inner {
     pub access_log: bool,
     /// `--metrics`: false skips request recording (to measure its cost).
     pub record_metrics: bool,
+    /// `--io-threads`, after "0 = one per core": reported in `/metrics`.
+    pub io_threads: usize,
     /// `--allow-write`.
     pub allow_write: bool,
     /// `--max-body`.
@@ -161,6 +163,7 @@ pub(crate) fn test_state(root: &std::path::Path) -> AppState {
             digest_cache: None,
             access_log: false,
             record_metrics: true,
+            io_threads: 1,
             allow_write: true,
             max_body: Limit::Unlimited,
             body_read_timeout: std::time::Duration::from_secs(5),

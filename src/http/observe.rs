@@ -228,6 +228,7 @@ mod tests {
         let pool = crate::metrics::snapshot::PoolConfig {
             threads: 1,
             queue_capacity: 4,
+            io_threads: 1,
         };
         let text = crate::metrics::Snapshot::collect(state.region, pool).to_prometheus();
         let counted: Vec<&str> = text

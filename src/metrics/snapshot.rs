@@ -9,10 +9,13 @@ use super::process::{self, ProcessStats};
 use super::region::{RESTART_REASONS, Reading, Region};
 use super::{BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, STATUSES, ix};
 
-/// Pool settings, reported as gauges.
+/// Thread settings of each process, reported as gauges.
 pub struct PoolConfig {
+    /// CPU pool threads (`--pool-threads`).
     pub threads: u64,
     pub queue_capacity: u64,
+    /// HTTP I/O threads (`--io-threads`).
+    pub io_threads: u64,
 }
 
 pub struct Snapshot {
@@ -188,6 +191,11 @@ impl Snapshot {
                 self.pool.threads,
             ),
             (
+                "hashpress_io_threads",
+                "HTTP I/O threads per process (--io-threads).",
+                self.pool.io_threads,
+            ),
+            (
                 "hashpress_pool_queue_capacity",
                 "CPU pool queue limit per process (--pool-queue).",
                 self.pool.queue_capacity,
@@ -330,6 +338,7 @@ impl Snapshot {
                 "busy_threads": self.reading.pool_busy,
                 "threads": self.pool.threads,
                 "queue_capacity": self.pool.queue_capacity,
+                "io_threads": self.pool.io_threads,
                 "rejected": self.c(ix::POOL_REJECTED),
             },
             "digest_cache": { "hit": self.c(ix::cache(true)), "miss": self.c(ix::cache(false)) },
@@ -362,6 +371,7 @@ mod tests {
             PoolConfig {
                 threads: 2,
                 queue_capacity: 8,
+                io_threads: 1,
             },
         );
         let text = snap.to_prometheus();

@@ -94,3 +94,42 @@ fn help_explains_every_flag_with_its_default() {
         .unwrap();
     assert!(String::from_utf8_lossy(&top.stdout).contains("serve"));
 }
+
+/// `--io-threads 1` runs tokio's current-thread scheduler, in one process and
+/// in every worker: the whole API still works on it (bodies hashed as they
+/// arrive, file jobs that come back from the pool, gzip streams), and the
+/// setting shows in `/metrics`. The default is one thread per core.
+#[test]
+fn io_threads_one_serves_everything_in_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pseudo_random(3 * 1024 * 1024 + 17, 41);
+    let file = dir.path().join("f.bin");
+    std::fs::write(&file, &data).unwrap();
+    let want = oracle(&file, "sha256,blake3");
+    let cores = std::thread::available_parallelism().unwrap().get() as f64;
+    for mode in [&["--workers", "0"][..], &["--workers", "2"][..]] {
+        let default = Server::start(dir.path(), mode);
+        assert_eq!(
+            default.metric("hashpress_io_threads"),
+            Some(cores),
+            "{mode:?}"
+        );
+        drop(default);
+        let args = [mode, &["--io-threads", "1"][..]].concat();
+        let srv = Server::start(dir.path(), &args);
+        assert_eq!(srv.metric("hashpress_io_threads"), Some(1.0), "{mode:?}");
+        assert_digests(
+            &srv.post("/hash?alg=sha256,blake3", &data),
+            &want,
+            data.len(),
+        );
+        assert_digests(
+            &srv.get("/hash-file/f.bin?alg=sha256,blake3"),
+            &want,
+            data.len(),
+        );
+        let gz = srv.get("/compress/f.bin");
+        assert_eq!(gz.status, 200, "{mode:?}");
+        assert!(gunzip(&gz.body) == data, "{mode:?}: gzip round trip");
+    }
+}
