@@ -82,11 +82,12 @@ pub struct ServeArgs {
           default_value = "false", default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_write: bool,
 
-    /// Threads that run the HTTP side of each process (accepting, parsing, streaming
-    /// bodies, hashing them as they arrive). 0 = one per core, in every process: the
-    /// kernel hands a new connection to whichever worker accepts first, so one worker
-    /// may hold the few heavy uploads of the moment, and it needs every core to hash
-    /// them. 1 = tokio's current-thread scheduler (no work stealing).
+    /// Threads that run the HTTP side of each process (accepting, parsing, reading
+    /// bodies). 0 = automatic: one per core in a single process; in cluster mode, cores
+    /// divided by --workers (at least 1) in each worker, so that the workers together
+    /// have one per core. With 1 thread the process runs tokio's current-thread
+    /// scheduler: no work stealing, no wake-ups between threads, the cheapest way to
+    /// serve many small requests. Long bodies are hashed on the CPU pool, not here.
     #[arg(
         long,
         env = "HASHPRESS_IO_THREADS",
@@ -224,12 +225,13 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// I/O threads of this process after applying "0 = one per core".
+    /// I/O threads of this process after applying "0 = automatic" (see `--io-threads`).
     pub fn effective_io_threads(&self) -> usize {
         if self.io_threads > 0 {
             return self.io_threads;
         }
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / self.workers.max(1)).max(1)
     }
 
     /// Pool threads after applying "0 = one per core".

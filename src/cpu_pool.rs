@@ -98,10 +98,31 @@ impl CpuPool {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.submit(f).await?.wait().await
+    }
+
+    /// Continuation that overlaps with its caller: waits for room in the
+    /// queue, queues `f` and returns at once, so the caller can go on (read
+    /// the next part of a body) while the job runs. Dropping the returned
+    /// handle before the job starts skips the job.
+    pub async fn submit<F, R>(&self, f: F) -> Result<Pending<R>, PoolError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
         let (job, rx) = wrap(f);
         self.tx.send(job).await.map_err(|_| PoolError::Failed)?;
         self.stats.pool_enqueued();
-        rx.await.map_err(|_| PoolError::Failed)
+        Ok(Pending(rx))
+    }
+}
+
+/// The result of a job queued by `CpuPool::submit`, still to come.
+pub struct Pending<R>(oneshot::Receiver<R>);
+
+impl<R> Pending<R> {
+    pub async fn wait(self) -> Result<R, PoolError> {
+        self.0.await.map_err(|_| PoolError::Failed)
     }
 }
 
@@ -156,6 +177,30 @@ mod tests {
         let r = pool.try_run(|| 21 * 2).await;
         assert_eq!(r, Ok(42));
         assert_eq!(pool.run(|| "x".repeat(3)).await.unwrap(), "xxx");
+    }
+
+    /// A submitted job runs while its submitter goes on, and a handle
+    /// dropped before its job starts means the job is skipped.
+    #[tokio::test]
+    async fn submit_overlaps_and_dropping_skips() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let pool = pool(1, 4);
+        let gate = Arc::new(Barrier::new(2));
+        let g = Arc::clone(&gate);
+        let first = pool.submit(move || g.wait()).await.unwrap();
+        // The submitter is free while the first job waits at the gate.
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = Arc::clone(&ran);
+        let skipped = pool
+            .submit(move || r.store(true, Ordering::SeqCst))
+            .await
+            .unwrap();
+        drop(skipped);
+        gate.wait();
+        first.wait().await.unwrap();
+        // The pool has one thread: once this job ran, the skipped one had its turn.
+        assert_eq!(pool.run(|| 5).await, Ok(5));
+        assert!(!ran.load(Ordering::SeqCst));
     }
 
     #[tokio::test]

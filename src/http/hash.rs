@@ -2,15 +2,18 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 
 use super::AppState;
 use super::body::BodyReader;
 use super::query::Query;
+use crate::cpu_pool::Pending;
 use crate::digest_cache::Key;
 use crate::error::ApiError;
 use crate::kernel::{Digests, MultiHasher};
@@ -21,9 +24,46 @@ use crate::root::RelPath;
 /// ~0.5 ms of SHA-256, short enough to keep the queue moving.
 pub const FILE_CHUNK: usize = 1 << 20;
 
-/// The digest of the request body. Hashing runs inline on the I/O thread:
-/// a 64 KiB chunk hashes in ~30 µs, less than a hand-off to another thread
-/// costs, and the body arrives no faster than it can be hashed.
+/// Body bytes hashed on the I/O thread as they arrive: a small body hashes
+/// in less time than a hand-off to the pool costs (64 KiB: ~30 µs).
+pub const INLINE_BODY: u64 = 1 << 20;
+
+/// Past `INLINE_BODY` the body goes to the pool in batches, one hashing while
+/// the next is read. A long upload then holds neither the I/O thread (in a
+/// cluster worker, its only one) nor a core for its reading, and two uploads
+/// that landed on the same worker hash on two cores. Batches share this
+/// budget among the bodies being offloaded in this process, within
+/// `BATCH_MIN..=BATCH_MAX`: few uploads get large batches (fewer hand-offs),
+/// many get small ones (a body holds at most two batches).
+const BATCH_BUDGET: usize = 16 << 20;
+const BATCH_MIN: usize = 256 << 10;
+const BATCH_MAX: usize = 2 << 20;
+
+/// Bodies of this process now hashing on the pool.
+static OFFLOADED: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one offloaded body for as long as it lives.
+struct Offloaded;
+
+impl Offloaded {
+    fn start() -> Offloaded {
+        OFFLOADED.fetch_add(1, Ordering::Relaxed);
+        Offloaded
+    }
+
+    /// The batch size for a body now.
+    fn batch(&self) -> usize {
+        (BATCH_BUDGET / OFFLOADED.load(Ordering::Relaxed).max(1)).clamp(BATCH_MIN, BATCH_MAX)
+    }
+}
+
+impl Drop for Offloaded {
+    fn drop(&mut self) {
+        OFFLOADED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The digest of the request body.
 pub async fn hash_body(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
@@ -32,12 +72,58 @@ pub async fn hash_body(
     let algs = Query::parse(q.as_deref(), &["alg"])?.algorithms()?;
     let mut body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
     let mut hasher = MultiHasher::new(&algs);
-    while let Some(chunk) = body.next().await? {
-        hasher.update(&chunk);
+    while hasher.bytes() < INLINE_BODY {
+        match body.next().await? {
+            Some(chunk) => hasher.update(&chunk),
+            None => return Ok(body_digest(&st, hasher)),
+        }
     }
+    let offloaded = Offloaded::start();
+    // The hasher is either here or inside the one job that holds it.
+    let mut idle = Some(hasher);
+    let mut in_flight: Option<Pending<MultiHasher>> = None;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_len = 0;
+    loop {
+        let chunk = body.next().await?;
+        let end = chunk.is_none();
+        if let Some(chunk) = chunk {
+            batch_len += chunk.len();
+            batch.push(chunk);
+        }
+        if batch_len >= offloaded.batch() || (end && batch_len > 0) {
+            let mut hasher = match in_flight.take() {
+                Some(job) => job.wait().await?,
+                None => idle.take().expect("no job holds the hasher"),
+            };
+            let work = std::mem::take(&mut batch);
+            batch_len = 0;
+            in_flight = Some(
+                st.pool
+                    .submit(move || {
+                        for piece in &work {
+                            hasher.update(piece);
+                        }
+                        hasher
+                    })
+                    .await?,
+            );
+        }
+        if end {
+            break;
+        }
+    }
+    let hasher = match in_flight {
+        Some(job) => job.wait().await?,
+        None => idle.expect("no job holds the hasher"),
+    };
+    Ok(body_digest(&st, hasher))
+}
+
+fn body_digest(st: &AppState, hasher: MultiHasher) -> Response {
     st.metrics
         .add_bytes(Op::Hash, Direction::In, hasher.bytes());
-    Ok(digest_response(&hasher.finish(), None))
+    digest_response(&hasher.finish(), None)
 }
 
 /// The digest of a file under the root, hashed on the CPU pool one chunk per job.

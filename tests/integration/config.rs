@@ -95,23 +95,27 @@ fn help_explains_every_flag_with_its_default() {
     assert!(String::from_utf8_lossy(&top.stdout).contains("serve"));
 }
 
-/// `--io-threads 1` runs tokio's current-thread scheduler, in one process and
-/// in every worker: the whole API still works on it (bodies hashed as they
-/// arrive, file jobs that come back from the pool, gzip streams), and the
-/// setting shows in `/metrics`. The default is one thread per core.
+/// `--io-threads 1` runs tokio's current-thread scheduler: the whole API works
+/// on it in one process and in cluster workers (a body long enough to be
+/// hashed on the pool, file jobs that come back from the pool, gzip
+/// streams), and the setting shows in `/metrics`. The automatic value is one
+/// thread per core in one process, cores ÷ workers in each worker.
 #[test]
 fn io_threads_one_serves_everything_in_both_modes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = pseudo_random(3 * 1024 * 1024 + 17, 41);
+    let data = pseudo_random(5 * 1024 * 1024 + 17, 41);
     let file = dir.path().join("f.bin");
     std::fs::write(&file, &data).unwrap();
     let want = oracle(&file, "sha256,blake3");
-    let cores = std::thread::available_parallelism().unwrap().get() as f64;
-    for mode in [&["--workers", "0"][..], &["--workers", "2"][..]] {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for (mode, auto) in [
+        (&["--workers", "0"][..], cores),
+        (&["--workers", "2"][..], (cores / 2).max(1)),
+    ] {
         let default = Server::start(dir.path(), mode);
         assert_eq!(
             default.metric("hashpress_io_threads"),
-            Some(cores),
+            Some(auto as f64),
             "{mode:?}"
         );
         drop(default);
