@@ -31,12 +31,12 @@ pub const INLINE_BODY: u64 = 1 << 20;
 /// Past `INLINE_BODY` the body goes to the pool in batches, one hashing while
 /// the next is read. A long upload then holds neither the I/O thread (in a
 /// cluster worker, its only one) nor a core for its reading, and two uploads
-/// that landed on the same worker hash on two cores. Batches share this
-/// budget among the bodies being offloaded in this process, within
-/// `BATCH_MIN..=BATCH_MAX`: few uploads get large batches (fewer hand-offs),
-/// many get small ones (a body holds at most two batches).
-const BATCH_BUDGET: usize = 16 << 20;
-const BATCH_MIN: usize = 256 << 10;
+/// that landed on the same worker hash on two cores. A body holds at most two
+/// batches; the batches of all bodies being offloaded in this process share
+/// `BATCH_BUDGET` bytes, each batch within `BATCH_MIN..=BATCH_MAX`: two
+/// uploads get 2 MiB batches (few hand-offs), 32 get 128 KiB ones.
+const BATCH_BUDGET: usize = 8 << 20;
+const BATCH_MIN: usize = 128 << 10;
 const BATCH_MAX: usize = 2 << 20;
 
 /// Bodies of this process now hashing on the pool.
@@ -53,7 +53,8 @@ impl Offloaded {
 
     /// The batch size for a body now.
     fn batch(&self) -> usize {
-        (BATCH_BUDGET / OFFLOADED.load(Ordering::Relaxed).max(1)).clamp(BATCH_MIN, BATCH_MAX)
+        let bodies = OFFLOADED.load(Ordering::Relaxed).max(1);
+        (BATCH_BUDGET / (2 * bodies)).clamp(BATCH_MIN, BATCH_MAX)
     }
 }
 
