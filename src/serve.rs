@@ -140,14 +140,13 @@ pub async fn serve_until(
         args.effective_pool_queue(),
         metrics,
     );
-    let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         inner: Arc::new(Inner {
             root: Arc::new(root),
             pool,
             metrics,
             region,
-            draining: draining.clone(),
+            draining: Arc::new(AtomicBool::new(false)),
             digest_cache: (args.digest_cache > 0)
                 .then(|| Arc::new(DigestCache::new(args.digest_cache))),
             allow_write: args.allow_write,
@@ -179,14 +178,12 @@ pub async fn serve_until(
         let admin_opts = opts.clone();
         let down = shutdown.clone();
         let app = admin_app(state.clone());
-        tokio::spawn(async move {
-            server::run(l, app, admin_opts, down, Arc::new(AtomicBool::new(false))).await
-        })
+        tokio::spawn(async move { server::run(l, app, admin_opts, down).await })
     });
     if let Some(ready) = hooks.on_ready {
         ready();
     }
-    server::run(listener, app(state), opts, shutdown, draining).await;
+    server::run(listener, app(state), opts, shutdown).await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }

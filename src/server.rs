@@ -1,7 +1,6 @@
 //! The accept loop: connections, limits and graceful drain.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::http::App;
@@ -33,14 +32,8 @@ pub struct ServerOptions {
 
 /// Serves `app` on an already-bound `listener` until `shutdown` fires, then
 /// stops accepting, lets in-flight requests finish for up to `grace`, and
-/// returns. `draining` is raised as soon as the drain starts.
-pub async fn run(
-    listener: TcpListener,
-    app: App,
-    opts: ServerOptions,
-    mut shutdown: Shutdown,
-    draining: Arc<AtomicBool>,
-) {
+/// returns. The app's draining flag is raised as soon as the drain starts.
+pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutdown: Shutdown) {
     let graceful = GracefulShutdown::new();
     let max_connections = opts
         .max_connections
@@ -82,7 +75,7 @@ pub async fn run(
             drop(permit);
         });
     }
-    draining.store(true, Ordering::SeqCst);
+    app.start_draining();
     // Closing the listener now makes new connections fail fast (refused)
     // rather than queue behind a server that will not accept them. (In
     // cluster mode this closes only our copy: the socket stays open in the

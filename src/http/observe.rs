@@ -53,6 +53,14 @@ impl App {
     }
 }
 
+impl App {
+    /// From now on `/readyz` answers 503 and every answer carries
+    /// `Connection: close`.
+    pub fn start_draining(&self) {
+        self.state.draining.store(true, Ordering::SeqCst);
+    }
+}
+
 impl<B> hyper::service::Service<axum::http::Request<B>> for App
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -159,8 +167,6 @@ pub async fn no_route(req: Request) -> ApiError {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     use axum::Router;
@@ -195,13 +201,7 @@ mod tests {
             grace: Duration::from_secs(1),
             drain_linger: Duration::ZERO,
         };
-        let srv = tokio::spawn(server::run(
-            listener,
-            app,
-            opts,
-            down,
-            Arc::new(AtomicBool::new(false)),
-        ));
+        let srv = tokio::spawn(server::run(listener, app, opts, down));
         let answers = tokio::task::spawn_blocking(move || {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
