@@ -46,17 +46,10 @@ fn main() {
         .next()
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
-    .expect("a tokio runtime");
+    // The same runtime hashpress builds for the same thread count.
+    let Ok(runtime) = hashpress::serve::io_runtime(threads) else {
+        std::process::exit(1);
+    };
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
