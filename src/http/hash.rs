@@ -290,7 +290,7 @@ fn digest_response(d: &Digests, path: Option<&str>) -> Response {
     if let Some(p) = path {
         out.push_str(r#","path":"#);
         // Paths are arbitrary UTF-8: let serde_json escape them.
-        out.push_str(&serde_json::Value::from(p).to_string());
+        out.push_str(&serde_json::to_string(p).expect("a str always serializes"));
     }
     out.push('}');
     (
