@@ -105,10 +105,18 @@ pub struct ServeArgs {
     )]
     pub pool_threads: usize,
 
-    /// Jobs that may wait for a pool thread; a request arriving when it is full gets 503
-    /// with Retry-After. 0 = 32 per pool thread. A job is at most 1 MiB of work (~0.5 ms
-    /// of SHA-256, ~10 ms of gzip), so a full queue means at most ~16 ms of hashing or
-    /// ~0.3 s of gzip waiting per thread, while 64 concurrent clients are not shed.
+    /// Longest a request may expect to wait for the CPU pool. A request whose first job
+    /// would wait longer behind the work already queued (estimated from the jobs' measured
+    /// run times) is refused at once with 503 and a Retry-After of the measured backlog;
+    /// one that still waits this long is refused then. Requests already running are never
+    /// shed. (units: ms, s, m; a bare number is seconds)
+    #[arg(long, env = "HASHPRESS_MAX_QUEUE_WAIT", default_value = "500ms", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub max_queue_wait: Duration,
+
+    /// Most jobs waiting for a pool thread, a bound on the memory they hold (a job is at
+    /// most 1 MiB of work); a request arriving when it is full gets 503 with Retry-After.
+    /// 0 = 1024 per pool thread, far more than --max-queue-wait lets in for any real job.
     #[arg(
         long,
         env = "HASHPRESS_POOL_QUEUE",
@@ -243,10 +251,10 @@ impl ServeArgs {
         }
     }
 
-    /// Pool queue after applying "0 = 32 per thread".
+    /// Pool queue after applying "0 = 1024 per thread".
     pub fn effective_pool_queue(&self) -> usize {
         if self.pool_queue == 0 {
-            32 * self.effective_pool_threads()
+            1024 * self.effective_pool_threads()
         } else {
             self.pool_queue
         }

@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::cpu_pool::PoolError;
+use crate::metrics::ShedReason;
 use crate::root::{OpenError, PathError};
 
 #[derive(Debug)]
@@ -38,8 +39,12 @@ pub enum ApiError {
     SourceChanged(String),
     /// 413: the body is larger than `--max-body`.
     BodyTooLarge(u64),
-    /// 503: the CPU pool's queue is full; retry shortly.
-    Overloaded,
+    /// 503: the CPU pool shed the request; `retry_after` (whole seconds, at
+    /// least 1) is the measured backlog.
+    Overloaded {
+        reason: ShedReason,
+        retry_after: u64,
+    },
     /// 503: the server is draining.
     Draining,
     /// 507: the disk is full.
@@ -60,7 +65,7 @@ impl ApiError {
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             SourceChanged(_) => StatusCode::CONFLICT,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Overloaded | Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded { .. } | Draining => StatusCode::SERVICE_UNAVAILABLE,
             NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -84,7 +89,7 @@ impl ApiError {
             BodyTimeout(_) => "body_timeout",
             SourceChanged(_) => "source_changed",
             BodyTooLarge(_) => "body_too_large",
-            Overloaded => "overloaded",
+            Overloaded { .. } => "overloaded",
             Draining => "draining",
             NoSpace => "no_space",
             Internal(_) => "internal",
@@ -109,7 +114,20 @@ impl ApiError {
             MethodNotAllowed(allow) => format!("method not allowed here; allowed: {allow}"),
             BodyTimeout(s) => format!("no body data arrived for {s} s; request abandoned"),
             BodyTooLarge(limit) => format!("the body exceeds the limit of {limit} bytes (--max-body)"),
-            Overloaded => "the CPU pool's queue is full; retry after the delay in Retry-After".into(),
+            Overloaded {
+                reason: ShedReason::Wait,
+                retry_after,
+            } => format!(
+                "the server is busy: the work queued ahead would make this request wait longer \
+                 than --max-queue-wait; retry in {retry_after} s (Retry-After)"
+            ),
+            Overloaded {
+                reason: ShedReason::Memory,
+                retry_after,
+            } => format!(
+                "the server is busy: the CPU pool's queue is full (--pool-queue); retry in \
+                 {retry_after} s (Retry-After)"
+            ),
             Draining => "the server is shutting down; retry on another instance".into(),
             NoSpace => "no space left on the device for the output file".into(),
             Internal(_) => "internal error; the server logged the details".into(),
@@ -158,7 +176,11 @@ fn os_reason(e: &std::io::Error) -> String {
 impl From<PoolError> for ApiError {
     fn from(e: PoolError) -> ApiError {
         match e {
-            PoolError::Overloaded => ApiError::Overloaded,
+            PoolError::Overloaded { reason, backlog } => ApiError::Overloaded {
+                reason,
+                // Rounded up: a client told "0" would come straight back.
+                retry_after: backlog.as_secs_f64().ceil().clamp(1.0, 60.0) as u64,
+            },
             PoolError::Failed => ApiError::Internal("a CPU pool job failed".into()),
         }
     }
@@ -173,7 +195,10 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status(), axum::Json(body)).into_response();
         let headers = resp.headers_mut();
         match &self {
-            ApiError::Overloaded | ApiError::Draining => {
+            ApiError::Overloaded { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ApiError::Draining => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Unauthorized(presented) => {

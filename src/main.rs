@@ -80,6 +80,7 @@ fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
             io_threads = args.effective_io_threads(),
             pool_threads = args.effective_pool_threads(),
             pool_queue = args.effective_pool_queue(),
+            max_queue_wait_ms = args.max_queue_wait.as_millis() as u64,
             allow_write = args.allow_write,
             "listening on http://{addr}"
         );

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use tokio::net::TcpListener;
 
 use crate::config::ServeArgs;
-use crate::cpu_pool::CpuPool;
+use crate::cpu_pool::{CpuPool, PoolLimits};
 use crate::digest_cache::DigestCache;
 use crate::http::auth::{Access, Tokens};
 use crate::http::{AppState, Inner, admin_app, app};
@@ -136,8 +136,11 @@ pub async fn serve_until(
     };
     let metrics = region.slot(slot);
     let pool = CpuPool::new(
-        args.effective_pool_threads(),
-        args.effective_pool_queue(),
+        PoolLimits {
+            threads: args.effective_pool_threads(),
+            queue: args.effective_pool_queue(),
+            max_wait: args.max_queue_wait,
+        },
         metrics,
     );
     let state = AppState {

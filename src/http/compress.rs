@@ -21,6 +21,7 @@ use super::body::BodyReader;
 use super::hash::{path_after, read_error, read_full, with_buffer};
 use super::parallel_gzip::{self, AUTO_PARALLEL_BYTES};
 use super::query::Query;
+use crate::cpu_pool::Lane;
 use crate::error::ApiError;
 use crate::kernel::GzipStream;
 use crate::metrics::{Direction, Op};
@@ -64,8 +65,8 @@ pub async fn compress_file(
     let first_shown = shown.clone();
     // The first job opens the file: a request that cannot get a pool slot is
     // refused before touching the disk.
-    let (file, size) = st
-        .pool
+    let lane = st.pool.lane();
+    let (file, size) = lane
         .try_run(move || {
             root.open_file(&rel)
                 .map_err(|e| ApiError::from_open(e, &first_shown))
@@ -73,13 +74,14 @@ pub async fn compress_file(
         .await??;
     if parallel.unwrap_or(size >= AUTO_PARALLEL_BYTES) {
         return Ok(gzip_response(parallel_gzip::file_body(
-            &st, file, size, level, shown,
+            &st, lane, file, size, level, shown,
         )));
     }
     let (gz, out, done) = (GzipStream::new(level), Vec::new(), false);
 
     struct Progress {
         st: AppState,
+        lane: Lane,
         shown: String,
         /// None once the gzip trailer has been sent.
         work: Option<(File, GzipStream)>,
@@ -103,6 +105,7 @@ pub async fn compress_file(
     }
     let start = Progress {
         st: st.clone(),
+        lane,
         shown,
         work: Some((file, gz)),
         ready: out,
@@ -125,14 +128,14 @@ pub async fn compress_file(
                 return Some((Ok(Bytes::from(tail)), p));
             }
             let shown = p.shown.clone();
-            let job =
-                p.st.pool
-                    .run(move || {
-                        let (out, done) = compress_chunk(&mut file, &mut gz)
-                            .map_err(|e| read_error(e, &shown))?;
-                        Ok::<_, ApiError>((file, gz, out, done))
-                    })
-                    .await;
+            let job = p
+                .lane
+                .run(move || {
+                    let (out, done) =
+                        compress_chunk(&mut file, &mut gz).map_err(|e| read_error(e, &shown))?;
+                    Ok::<_, ApiError>((file, gz, out, done))
+                })
+                .await;
             match job.map_err(ApiError::from).and_then(|r| r) {
                 Ok((file, gz, out, done)) => {
                     p.count(&gz);
@@ -165,22 +168,27 @@ pub async fn compress_body(
         .parallel()?
         .unwrap_or(declared.is_some_and(|n| n >= AUTO_PARALLEL_BYTES));
     let body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
+    let lane = st.pool.lane();
     if parallel {
         // Admission, as for the serial path: 503 now if the pool is full.
-        st.pool.try_run(|| ()).await?;
-        return Ok(gzip_response(parallel_gzip::body_body(&st, body, level)));
+        lane.try_run(|| ()).await?;
+        return Ok(gzip_response(parallel_gzip::body_body(
+            &st, lane, body, level,
+        )));
     }
     // Admission: a request that cannot get a pool slot is refused now, with a
     // real 503, rather than after its response has started.
-    let gz = st.pool.try_run(move || GzipStream::new(level)).await?;
+    let gz = lane.try_run(move || GzipStream::new(level)).await?;
 
     struct Progress {
         st: AppState,
+        lane: Lane,
         body: BodyReader,
         gz: Option<GzipStream>,
     }
     let start = Progress {
         st: st.clone(),
+        lane,
         body,
         gz: Some(gz),
     };
@@ -198,13 +206,13 @@ pub async fn compress_body(
                 return Some((Ok(Bytes::from(tail)), p));
             };
             let n = chunk.len() as u64;
-            let job =
-                p.st.pool
-                    .run(move || {
-                        let out = gz.compress(&chunk);
-                        (gz, out)
-                    })
-                    .await;
+            let job = p
+                .lane
+                .run(move || {
+                    let out = gz.compress(&chunk);
+                    (gz, out)
+                })
+                .await;
             match job {
                 Ok((gz, out)) => {
                     p.st.metrics.add_bytes(Op::Compress, Direction::In, n);
@@ -238,8 +246,8 @@ pub async fn compress_to_file(
     let out_shown = out_rel.display();
     let root = st.root.clone();
     let (s1, o1) = (shown.clone(), out_shown.clone());
-    let (mut state, mut done) = st
-        .pool
+    let lane = st.pool.lane();
+    let (mut state, mut done) = lane
         .try_run(move || {
             let (file, size) = root
                 .open_file(&rel)
@@ -263,8 +271,7 @@ pub async fn compress_to_file(
         let (s, o) = (shown.clone(), out_shown.clone());
         // Dropped (client gone) while a job runs: the job's result, and with it
         // the PendingFile, is dropped on the pool thread, removing the temporary.
-        (state, done) = st
-            .pool
+        (state, done) = lane
             .run(move || {
                 let done = state.step(&s, &o)?;
                 Ok::<_, ApiError>((state, done))
@@ -273,7 +280,7 @@ pub async fn compress_to_file(
     }
     let o = out_shown.clone();
     let s = shown.clone();
-    let (bytes_in, bytes_out) = st.pool.run(move || state.finish(&s, &o)).await??;
+    let (bytes_in, bytes_out) = lane.run(move || state.finish(&s, &o)).await??;
     st.metrics.add_bytes(Op::Compress, Direction::In, bytes_in);
     st.metrics
         .add_bytes(Op::Compress, Direction::Out, bytes_out);

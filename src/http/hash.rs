@@ -80,6 +80,9 @@ pub async fn hash_body(
         }
     }
     let offloaded = Offloaded::start();
+    // Not admitted: the upload is under way, and shedding it now would
+    // waste what was read. Its batches wait for room like any continuation.
+    let lane = st.pool.lane();
     // The hasher is either here or inside the one job that holds it.
     let mut idle = Some(hasher);
     let mut in_flight: Option<Pending<MultiHasher>> = None;
@@ -100,14 +103,13 @@ pub async fn hash_body(
             let work = std::mem::take(&mut batch);
             batch_len = 0;
             in_flight = Some(
-                st.pool
-                    .submit(move || {
-                        for piece in &work {
-                            hasher.update(piece);
-                        }
-                        hasher
-                    })
-                    .await?,
+                lane.submit(move || {
+                    for piece in &work {
+                        hasher.update(piece);
+                    }
+                    hasher
+                })
+                .await?,
             );
         }
         if end {
@@ -142,8 +144,8 @@ pub async fn hash_file(
     let started = SystemTime::now();
     // The first job opens the file: a request that cannot get a pool slot is
     // refused before touching the disk.
-    let first = st
-        .pool
+    let lane = st.pool.lane();
+    let first = lane
         .try_run(move || {
             let (mut file, _) = root
                 .open_file(&rel)
@@ -185,8 +187,7 @@ pub async fn hash_file(
         let shown = shown.clone();
         // If the client goes away, this future is dropped and no further job
         // is queued: the file is not read past the current chunk.
-        (file, hasher, done) = st
-            .pool
+        (file, hasher, done) = lane
             .run(move || {
                 let done = hash_chunk(&mut file, &mut hasher).map_err(|e| read_error(e, &shown))?;
                 Ok::<_, ApiError>((file, hasher, done))

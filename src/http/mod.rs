@@ -156,7 +156,14 @@ pub(crate) fn test_state(root: &std::path::Path) -> AppState {
     AppState {
         inner: Arc::new(Inner {
             root: Arc::new(Root::open(root).expect("test root")),
-            pool: CpuPool::new(1, 4, metrics),
+            pool: CpuPool::new(
+                crate::cpu_pool::PoolLimits {
+                    threads: 1,
+                    queue: 4,
+                    max_wait: std::time::Duration::from_secs(1),
+                },
+                metrics,
+            ),
             metrics,
             region,
             draining: Arc::new(AtomicBool::new(false)),

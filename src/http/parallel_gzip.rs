@@ -18,6 +18,7 @@ use futures_util::stream::FuturesOrdered;
 use super::AppState;
 use super::body::BodyReader;
 use super::compress::stream_error;
+use crate::cpu_pool::Lane;
 use crate::error::ApiError;
 use crate::kernel::Level;
 use crate::kernel::pgzip::{self, BLOCK, Block, DICT};
@@ -33,6 +34,8 @@ type BlockJob = Pin<Box<dyn Future<Output = Result<Block, ApiError>> + Send>>;
 /// Blocks in flight, in input order.
 struct Pipeline {
     st: AppState,
+    /// The request's lane: its blocks are scheduled as one request's work.
+    lane: Lane,
     level: Level,
     inflight: FuturesOrdered<BlockJob>,
     /// Most blocks compressing or waiting at once: enough to keep every pool
@@ -42,9 +45,10 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(st: &AppState, level: Level) -> Pipeline {
+    fn new(st: &AppState, lane: Lane, level: Level) -> Pipeline {
         Pipeline {
             st: st.clone(),
+            lane,
             level,
             inflight: FuturesOrdered::new(),
             window: st.pool.threads() + 1,
@@ -60,9 +64,9 @@ impl Pipeline {
     where
         F: FnOnce() -> Result<Block, ApiError> + Send + 'static,
     {
-        let pool = self.st.pool.clone();
+        let lane = self.lane.clone();
         self.inflight
-            .push_back(Box::pin(async move { pool.run(job).await? }));
+            .push_back(Box::pin(async move { lane.run(job).await? }));
     }
 
     /// The next block's compressed bytes, in order; `None` when none is in flight.
@@ -85,7 +89,14 @@ impl Pipeline {
 /// Streams `file` (of `size` bytes at open) as one gzip member. Each job
 /// reads its own block and the 32 KiB before it with `pread`, so blocks
 /// need nothing from each other but their position.
-pub fn file_body(st: &AppState, file: File, size: u64, level: Level, shown: String) -> Body {
+pub fn file_body(
+    st: &AppState,
+    lane: Lane,
+    file: File,
+    size: u64,
+    level: Level,
+    shown: String,
+) -> Body {
     struct State {
         file: Arc<File>,
         shown: Arc<str>,
@@ -101,7 +112,7 @@ pub fn file_body(st: &AppState, file: File, size: u64, level: Level, shown: Stri
         size,
         blocks: size.div_ceil(BLOCK as u64).max(1),
         next_block: 0,
-        pipe: Pipeline::new(st, level),
+        pipe: Pipeline::new(st, lane, level),
         finished: false,
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
@@ -158,7 +169,7 @@ pub fn file_body(st: &AppState, file: File, size: u64, level: Level, shown: Stri
 /// Streams a request body as one gzip member, compressing blocks in
 /// parallel as they fill. Reading the body pauses while the window is
 /// full, so a fast sender meets TCP backpressure, not a growing queue.
-pub fn body_body(st: &AppState, body: BodyReader, level: Level) -> Body {
+pub fn body_body(st: &AppState, lane: Lane, body: BodyReader, level: Level) -> Body {
     struct State {
         body: BodyReader,
         pipe: Pipeline,
@@ -173,7 +184,7 @@ pub fn body_body(st: &AppState, body: BodyReader, level: Level) -> Body {
     }
     let state = State {
         body,
-        pipe: Pipeline::new(st, level),
+        pipe: Pipeline::new(st, lane, level),
         pending: Vec::with_capacity(BLOCK),
         dict: Bytes::new(),
         body_done: false,

@@ -103,8 +103,10 @@ pub(crate) mod ix {
     const DUR: usize = REQ + N_ROUTE * N_METHOD * N_STATUS;
     const DUR_SUM: usize = DUR + N_ROUTE * N_BUCKET;
     const BYTES: usize = DUR_SUM + N_ROUTE;
-    pub const POOL_REJECTED: usize = BYTES + 4;
-    pub const CACHE: usize = POOL_REJECTED + 1;
+    const POOL_REJECTED: usize = BYTES + 4;
+    const QUEUE_WAIT: usize = POOL_REJECTED + SHED_REASONS.len();
+    pub const QUEUE_WAIT_SUM: usize = QUEUE_WAIT + N_BUCKET;
+    pub const CACHE: usize = QUEUE_WAIT_SUM + 1;
     pub const COUNT: usize = CACHE + 2;
 
     pub fn requests(route: usize, method: usize, status: usize) -> usize {
@@ -120,11 +122,29 @@ pub(crate) mod ix {
     pub fn bytes(op: Op, dir: Direction) -> usize {
         BYTES + op as usize * 2 + dir as usize
     }
+    pub fn pool_rejected(reason: ShedReason) -> usize {
+        POOL_REJECTED + reason as usize
+    }
+    /// Per-bucket (not cumulative) count of pool queue waits.
+    pub fn queue_wait(bucket: usize) -> usize {
+        QUEUE_WAIT + bucket
+    }
     /// `hit` = true for hits.
     pub fn cache(hit: bool) -> usize {
         CACHE + hit as usize
     }
 }
+
+/// Why the CPU pool shed a request, the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedReason {
+    /// Its first job would have waited longer than `--max-queue-wait`, or did.
+    Wait = 0,
+    /// The queue held `--pool-queue` jobs.
+    Memory = 1,
+}
+
+pub const SHED_REASONS: [&str; 2] = ["wait", "memory"];
 
 /// What processed bytes were for.
 #[derive(Clone, Copy, Debug)]
@@ -138,6 +158,15 @@ pub enum Op {
 pub enum Direction {
     In = 0,
     Out = 1,
+}
+
+/// The histogram bucket (of `BUCKETS`, or +Inf) that holds `took`.
+fn bucket_of(took: Duration) -> usize {
+    let secs = took.as_secs_f64();
+    BUCKETS
+        .iter()
+        .position(|&le| secs <= le)
+        .unwrap_or(N_BUCKET - 1)
 }
 
 /// One process's counters. All-zero is a valid, empty slot.
@@ -174,12 +203,7 @@ impl Slot {
             .unwrap_or(N_STATUS - 1);
         let r = route as usize;
         self.add(ix::requests(r, m, s), 1);
-        let secs = took.as_secs_f64();
-        let b = BUCKETS
-            .iter()
-            .position(|&le| secs <= le)
-            .unwrap_or(N_BUCKET - 1);
-        self.add(ix::bucket(r, b), 1);
+        self.add(ix::bucket(r, bucket_of(took)), 1);
         self.add(ix::duration_sum_nanos(r), took.as_nanos() as u64);
     }
 
@@ -187,8 +211,8 @@ impl Slot {
         self.add(ix::bytes(op, dir), n);
     }
 
-    pub fn add_pool_rejected(&self) {
-        self.add(ix::POOL_REJECTED, 1);
+    pub fn add_pool_rejected(&self, reason: ShedReason) {
+        self.add(ix::pool_rejected(reason), 1);
     }
 
     pub fn add_digest_cache(&self, hit: bool) {
@@ -199,8 +223,10 @@ impl Slot {
         self.pool_queued.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A pool thread took a job off the queue.
-    pub fn pool_started(&self) {
+    /// A pool thread took a job off the queue, where it had waited `waited`.
+    pub fn pool_started(&self, waited: Duration) {
+        self.add(ix::queue_wait(bucket_of(waited)), 1);
+        self.add(ix::QUEUE_WAIT_SUM, waited.as_nanos() as u64);
         self.pool_queued.fetch_sub(1, Ordering::Relaxed);
         self.pool_busy.fetch_add(1, Ordering::Relaxed);
     }
@@ -217,8 +243,12 @@ impl Slot {
         self.pool_busy.load(Ordering::Relaxed).max(0) as u64
     }
 
+    /// Requests shed, for every reason.
     pub fn pool_rejected(&self) -> u64 {
-        self.counters[ix::POOL_REJECTED].load(Ordering::Relaxed)
+        [ShedReason::Wait, ShedReason::Memory]
+            .iter()
+            .map(|&r| self.counters[ix::pool_rejected(r)].load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Adds this slot's counters into `sum`.

@@ -306,7 +306,9 @@ mod tests {
         r.set_pid(i, 1);
         let dup = unsafe { libc::fcntl(r.fd(), libc::F_DUPFD_CLOEXEC, 0) };
         let other = unsafe { Region::inherit(dup) }.unwrap();
-        other.slot(i).add_pool_rejected();
+        other
+            .slot(i)
+            .add_pool_rejected(crate::metrics::ShedReason::Memory);
         assert_eq!(r.slot(i).pool_rejected(), 1);
     }
 }

@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 
 use super::process::{self, ProcessStats};
 use super::region::{RESTART_REASONS, Reading, Region};
-use super::{BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, STATUSES, ix};
+use super::{
+    BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, SHED_REASONS, STATUSES, ShedReason,
+    ix,
+};
 
 /// Thread settings of each process, reported as gauges.
 pub struct PoolConfig {
@@ -65,6 +68,18 @@ impl Snapshot {
 
     fn c(&self, i: usize) -> u64 {
         self.reading.counters[i]
+    }
+
+    /// Jobs that have left the pool queue.
+    fn queue_waits(&self) -> u64 {
+        (0..N_BUCKET).map(|b| self.c(ix::queue_wait(b))).sum()
+    }
+
+    fn rejected(&self) -> u64 {
+        [ShedReason::Wait, ShedReason::Memory]
+            .into_iter()
+            .map(|r| self.c(ix::pool_rejected(r)))
+            .sum()
     }
 
     fn workers_alive(&self) -> u64 {
@@ -154,12 +169,41 @@ impl Snapshot {
             o,
             "hashpress_pool_rejected_total",
             "counter",
-            "Requests shed with 503 because the CPU pool queue was full.",
+            "Requests shed with 503 by the CPU pool: reason=\"wait\" when the queued work \
+             would have made (or made) the request wait past --max-queue-wait, \"memory\" \
+             when the queue held --pool-queue jobs.",
         );
+        for (reason, name) in [ShedReason::Wait, ShedReason::Memory]
+            .into_iter()
+            .zip(SHED_REASONS)
+        {
+            let _ = writeln!(
+                o,
+                "hashpress_pool_rejected_total{{reason=\"{name}\"}} {}",
+                self.c(ix::pool_rejected(reason))
+            );
+        }
+        header(
+            o,
+            "hashpress_pool_queue_wait_seconds",
+            "histogram",
+            "Time CPU pool jobs waited in the queue for a thread.",
+        );
+        let mut cumulative = 0;
+        for (b, le) in BUCKETS.iter().enumerate() {
+            cumulative += self.c(ix::queue_wait(b));
+            let _ = writeln!(
+                o,
+                "hashpress_pool_queue_wait_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let waits = self.queue_waits();
         let _ = writeln!(
             o,
-            "hashpress_pool_rejected_total {}",
-            self.c(ix::POOL_REJECTED)
+            "hashpress_pool_queue_wait_seconds_bucket{{le=\"+Inf\"}} {waits}\n\
+             hashpress_pool_queue_wait_seconds_sum {}\n\
+             hashpress_pool_queue_wait_seconds_count {waits}",
+            self.c(ix::QUEUE_WAIT_SUM) as f64 / 1e9
         );
         header(
             o,
@@ -317,6 +361,16 @@ impl Snapshot {
                 })
             })
             .collect();
+        let mut cumulative = 0;
+        let mut queue_wait_buckets: Vec<Value> = BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(b, le)| {
+                cumulative += self.c(ix::queue_wait(b));
+                json!({ "le": le, "count": cumulative })
+            })
+            .collect();
+        queue_wait_buckets.push(json!({ "le": "+Inf", "count": self.queue_waits() }));
         let restarts: serde_json::Map<String, Value> = RESTART_REASONS
             .iter()
             .enumerate()
@@ -339,7 +393,12 @@ impl Snapshot {
                 "threads": self.pool.threads,
                 "queue_capacity": self.pool.queue_capacity,
                 "io_threads": self.pool.io_threads,
-                "rejected": self.c(ix::POOL_REJECTED),
+                "rejected": self.rejected(),
+                "rejected_wait": self.c(ix::pool_rejected(ShedReason::Wait)),
+                "rejected_memory": self.c(ix::pool_rejected(ShedReason::Memory)),
+                "queue_waits": self.queue_waits(),
+                "queue_wait_sum_seconds": self.c(ix::QUEUE_WAIT_SUM) as f64 / 1e9,
+                "queue_wait_buckets": queue_wait_buckets,
             },
             "digest_cache": { "hit": self.c(ix::cache(true)), "miss": self.c(ix::cache(false)) },
             "processes": processes,

@@ -254,6 +254,9 @@ fn dashboard_fills_with_live_figures_in_chromium() {
     let (p50, p99) = (get("latency-p50"), get("latency-p99"));
     assert!(p50 > 0.0 && p50 <= p99 && p99 < 60.0, "p50 {p50} p99 {p99}");
     assert!(get("pool-threads") >= 1.0, "{}", report());
+    // Pool work ran (gzip), so its queue waits have a percentile.
+    let qwait = get("queue-wait-p99");
+    assert!((0.0..60.0).contains(&qwait), "queue wait p99 {qwait}");
     // Per-worker memory and CPU, one series per live worker.
     let rss: Vec<f64> = m
         .iter()
