@@ -16,6 +16,17 @@
 //!   already admitted wait for room (`Lane::run`), so admitted work is never
 //!   dropped. `--pool-queue` stays as a bound on queued jobs (memory), far
 //!   above what the wait bound lets in.
+//! - **Big requests are admitted by their size.** Once a request knows how
+//!   much it will process (a file's size, a body's Content-Length), it
+//!   declares it (`Lane::plan`) and is admitted a second time: the threads
+//!   are shared among requests, so a request of `own` CPU time is delayed by
+//!   every other planned request by at most `min(its remaining, own)`
+//!   (processor sharing). When that delay, spread over the threads, passes
+//!   `--max-queue-wait`, the request is refused at once, before it has done
+//!   more than its first chunk: with one thread, a second 100 MB gzip would
+//!   wait for the first one's seconds of work. A 64 KiB hash arriving beside
+//!   big gzips is delayed by only its own tiny size per request and is
+//!   admitted. CPU cost per byte is learned from the requests that finish.
 //! - **Deadlines travel with the job.** A first job that still waits past its
 //!   deadline (the estimate was wrong, or a burst arrived together) is not
 //!   run: its request gets the 503 it would have got at admission.
@@ -29,19 +40,25 @@
 
 use std::cmp::Ordering as Cmp;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::metrics::{ShedReason, Slot};
+use crate::metrics::{Op, ShedReason, Slot};
 
 /// Most a lane's used CPU time delays its jobs against first-come order.
 const MAX_PENALTY: Duration = Duration::from_millis(100);
 /// The run-time estimate of a job before any has been measured.
 const FIRST_ESTIMATE: Duration = Duration::from_millis(1);
+/// CPU cost per byte (picoseconds) before any request has finished, per
+/// `Op`: SHA-256 runs at ~1.4 GB/s a core, gzip -6 at ~50 MB/s.
+const FIRST_COST_PS: [u64; 2] = [1_000, 20_000];
+/// Requests smaller than this teach nothing about cost per byte: their
+/// fixed costs (open, stat, answer) dominate.
+const LEARN_FROM_BYTES: u64 = 4 << 20;
 
 /// Why a job did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +110,13 @@ struct Shared {
     mean_job: AtomicU64,
     /// Estimates (ns) of the jobs running now.
     running: AtomicU64,
+    /// Lanes that declared their size (`Lane::plan`), for the
+    /// processor-sharing estimate; dead entries are pruned on the way.
+    planned: Mutex<Vec<Weak<LaneStats>>>,
+    /// Live planned lanes (decremented when a lane's stats drop).
+    planned_live: Arc<AtomicUsize>,
+    /// Measured CPU cost per byte (picoseconds), per `Op`.
+    cost_ps: [AtomicU64; 2],
 }
 
 struct Owner(Arc<Shared>);
@@ -162,6 +186,25 @@ struct LaneStats {
     used: AtomicU64,
     /// Run time of its last job (ns), the estimate for its next one.
     last: AtomicU64,
+    /// What it declared (`Lane::plan`): the operation, its bytes and the
+    /// CPU time (ns) they were expected to take.
+    plan: OnceLock<Plan>,
+}
+
+struct Plan {
+    op: Op,
+    bytes: u64,
+    nanos: u64,
+    /// `Shared::planned_live`, decremented when this lane's stats drop.
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for LaneStats {
+    fn drop(&mut self) {
+        if let Some(plan) = self.plan.get() {
+            plan.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One request's way into the pool: its first job is admitted or shed
@@ -173,6 +216,13 @@ pub struct Lane {
 }
 
 impl LaneStats {
+    /// CPU time (ns) its plan still expects, 0 without a plan.
+    fn remaining(&self) -> u64 {
+        self.plan.get().map_or(0, |p| {
+            p.nanos.saturating_sub(self.used.load(Ordering::Relaxed))
+        })
+    }
+
     /// Counts a job's run time. Done by the job itself, before it hands
     /// over its result, so the lane's next job is queued knowing it.
     fn record(&self, took: Duration) {
@@ -249,6 +299,9 @@ impl CpuPool {
             epoch: Instant::now(),
             mean_job: AtomicU64::new(FIRST_ESTIMATE.as_nanos() as u64),
             running: AtomicU64::new(0),
+            planned: Mutex::new(Vec::new()),
+            planned_live: Arc::new(AtomicUsize::new(0)),
+            cost_ps: FIRST_COST_PS.map(AtomicU64::new),
         });
         for i in 0..limits.threads {
             let shared = Arc::clone(&shared);
@@ -346,6 +399,77 @@ impl Lane {
         R: Send + 'static,
     {
         self.submit(f).await?.wait().await
+    }
+
+    /// Declares the work still ahead of this request (`bytes` of `op`) and
+    /// admits it a second time by its size: refused with `Overloaded` when
+    /// sharing the threads with the planned requests already running would
+    /// delay it by more than `--max-queue-wait`. Once per lane; later calls
+    /// are ignored.
+    pub fn plan(&self, op: Op, bytes: u64) -> Result<(), PoolError> {
+        let sh = &self.pool.shared;
+        if self.stats.plan.get().is_some() {
+            return Ok(());
+        }
+        let own = (bytes as u128 * sh.cost_ps[op as usize].load(Ordering::Relaxed) as u128 / 1000)
+            .min(u64::MAX as u128) as u64;
+        let k = sh.limits.threads as u64;
+        // Finishing together with the others: (own + what each other
+        // request does before we finish) shared by k threads; the delay is
+        // what that adds to running alone.
+        let delay = |others: u64| (own.saturating_add(others) / k).saturating_sub(own);
+        let max = sh.limits.max_wait.as_nanos() as u64;
+        let mut list = sh.planned.lock().unwrap_or_else(|p| p.into_inner());
+        let n = sh.planned_live.load(Ordering::Relaxed) as u64;
+        // Each other request delays us by at most `own`: small requests
+        // pass here without looking at the list.
+        if delay(own.saturating_mul(n)) > max {
+            list.retain(|w| w.strong_count() > 0);
+            let others: u64 = list
+                .iter()
+                .filter_map(Weak::upgrade)
+                .map(|l| l.remaining().min(own))
+                .sum();
+            let d = delay(others);
+            if d > max {
+                drop(list);
+                return Err(sh.reject(ShedReason::Wait, Duration::from_nanos(d)));
+            }
+        }
+        let plan = Plan {
+            op,
+            bytes,
+            nanos: own,
+            live: Arc::clone(&sh.planned_live),
+        };
+        if self.stats.plan.set(plan).is_ok() {
+            sh.planned_live.fetch_add(1, Ordering::Relaxed);
+            if list.len() > 2 * n as usize + 16 {
+                list.retain(|w| w.strong_count() > 0);
+            }
+            list.push(Arc::downgrade(&self.stats));
+        }
+        Ok(())
+    }
+
+    /// The request's work is complete: what its planned bytes cost teaches
+    /// the pool the cost per byte of its operation.
+    pub fn done(&self) {
+        let Some(plan) = self.stats.plan.get() else {
+            return;
+        };
+        let used = self.stats.used.load(Ordering::Relaxed);
+        if plan.bytes < LEARN_FROM_BYTES || used == 0 {
+            return;
+        }
+        let seen = (used as u128 * 1000 / plan.bytes as u128).max(1) as u64;
+        let cost = &self.pool.shared.cost_ps[plan.op as usize];
+        let old = cost.load(Ordering::Relaxed);
+        // cost += (seen - cost) / 4
+        cost.store(
+            (old as i128 + (seen as i128 - old as i128) / 4).max(1) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// Continuation that overlaps with its caller: waits for room in the
@@ -691,6 +815,61 @@ mod tests {
         big.wait().await.unwrap();
         small.await.unwrap().unwrap();
         assert_eq!(*order.lock().unwrap(), ["small", "big"]);
+    }
+
+    /// A request that declares its size is refused when sharing the
+    /// threads with the big requests already running would delay it past
+    /// the bound; a small one beside them is not; a finished request frees
+    /// its share.
+    #[tokio::test]
+    async fn planned_requests_are_admitted_by_their_size() {
+        let pool = pool(1, 16, Duration::from_millis(200));
+        // 100 MB of gzip at the first estimate (20 ns a byte) is 2 s of CPU.
+        let first = pool.lane();
+        first.plan(Op::Compress, 100_000_000).unwrap();
+        let second = pool.lane();
+        let r = second.plan(Op::Compress, 100_000_000);
+        match r {
+            Err(PoolError::Overloaded {
+                reason: ShedReason::Wait,
+                backlog,
+            }) => assert!(backlog >= Duration::from_secs(1), "{backlog:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pool.stats().pool_rejected(), 1);
+        // A 64 KiB hash waits at most its own ~65 µs per running request.
+        pool.lane().plan(Op::Hash, 64 << 10).unwrap();
+        // So does a 1 MiB gzip (~20 ms) on a pool whose bound allows it.
+        pool.lane().plan(Op::Compress, 1 << 20).unwrap();
+        drop(first);
+        pool.lane().plan(Op::Compress, 100_000_000).unwrap();
+    }
+
+    /// What a finished request's bytes cost is learned, per operation.
+    #[tokio::test]
+    async fn cost_per_byte_is_learned_from_finished_requests() {
+        let pool = pool(1, 16, Duration::from_secs(1));
+        let cost = |op: Op| pool.shared.cost_ps[op as usize].load(Ordering::Relaxed);
+        assert_eq!(cost(Op::Hash), FIRST_COST_PS[0]);
+        let lane = pool.lane();
+        lane.plan(Op::Hash, 8 << 20).unwrap();
+        // 8 MiB in 80 ms: ~9,500 ps a byte, far above the first guess.
+        lane.run(|| thread::sleep(Duration::from_millis(80)))
+            .await
+            .unwrap();
+        lane.done();
+        let learned = cost(Op::Hash);
+        assert!(learned > 2_500 && learned < 9_500, "{learned}");
+        assert_eq!(cost(Op::Compress), FIRST_COST_PS[1]);
+        // A small request teaches nothing.
+        let small = pool.lane();
+        small.plan(Op::Hash, 64 << 10).unwrap();
+        small
+            .run(|| thread::sleep(Duration::from_millis(50)))
+            .await
+            .unwrap();
+        small.done();
+        assert_eq!(cost(Op::Hash), learned);
     }
 
     #[tokio::test]

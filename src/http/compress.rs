@@ -72,6 +72,8 @@ pub async fn compress_file(
                 .map_err(|e| ApiError::from_open(e, &first_shown))
         })
         .await??;
+    // Admitted by its size too, now that it is known.
+    lane.plan(Op::Compress, size)?;
     if parallel.unwrap_or(size >= AUTO_PARALLEL_BYTES) {
         return Ok(gzip_response(parallel_gzip::file_body(
             &st, lane, file, size, level, shown,
@@ -122,6 +124,7 @@ pub async fn compress_file(
             let (mut file, mut gz) = p.work.take()?;
             if p.done {
                 p.count(&gz);
+                p.lane.done();
                 let tail = gz.finish();
                 p.st.metrics
                     .add_bytes(Op::Compress, Direction::Out, tail.len() as u64);
@@ -169,6 +172,9 @@ pub async fn compress_body(
         .unwrap_or(declared.is_some_and(|n| n >= AUTO_PARALLEL_BYTES));
     let body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
     let lane = st.pool.lane();
+    if let Some(n) = declared {
+        lane.plan(Op::Compress, n)?;
+    }
     if parallel {
         // Admission, as for the serial path: 503 now if the pool is full.
         lane.try_run(|| ()).await?;
@@ -200,6 +206,7 @@ pub async fn compress_body(
                 Err(e) => return Some((Err(stream_error(e)), p)),
             };
             let Some(chunk) = chunk else {
+                p.lane.done();
                 let tail = gz.finish();
                 p.st.metrics
                     .add_bytes(Op::Compress, Direction::Out, tail.len() as u64);
@@ -267,6 +274,9 @@ pub async fn compress_to_file(
             Ok::<_, ApiError>((state, done))
         })
         .await??;
+    if !done {
+        lane.plan(Op::Compress, state.size)?;
+    }
     while !done {
         let (s, o) = (shown.clone(), out_shown.clone());
         // Dropped (client gone) while a job runs: the job's result, and with it
@@ -281,6 +291,7 @@ pub async fn compress_to_file(
     let o = out_shown.clone();
     let s = shown.clone();
     let (bytes_in, bytes_out) = lane.run(move || state.finish(&s, &o)).await??;
+    lane.done();
     st.metrics.add_bytes(Op::Compress, Direction::In, bytes_in);
     st.metrics
         .add_bytes(Op::Compress, Direction::Out, bytes_out);

@@ -147,7 +147,7 @@ pub async fn hash_file(
     let lane = st.pool.lane();
     let first = lane
         .try_run(move || {
-            let (mut file, _) = root
+            let (mut file, size) = root
                 .open_file(&rel)
                 .map_err(|e| ApiError::from_open(e, &shown2))?;
             let key = match &cache {
@@ -165,6 +165,7 @@ pub async fn hash_file(
             let done = hash_chunk(&mut file, &mut hasher).map_err(|e| read_error(e, &shown2))?;
             Ok::<_, ApiError>(Step::Hashing {
                 file,
+                size,
                 hasher,
                 done,
                 key,
@@ -178,10 +179,17 @@ pub async fn hash_file(
         }
         Step::Hashing {
             file,
+            size,
             hasher,
             done,
             key,
-        } => (file, hasher, done, key),
+        } => {
+            if !done {
+                // Admitted by its size too, now that it is known.
+                lane.plan(Op::Hash, size.saturating_sub(hasher.bytes()))?;
+            }
+            (file, hasher, done, key)
+        }
     };
     while !done {
         let shown = shown.clone();
@@ -194,6 +202,7 @@ pub async fn hash_file(
             })
             .await??;
     }
+    lane.done();
     st.metrics
         .add_bytes(Op::Hash, Direction::In, hasher.bytes());
     let digests = hasher.finish();
@@ -214,6 +223,8 @@ enum Step {
     Cached(Digests),
     Hashing {
         file: File,
+        /// Size at open.
+        size: u64,
         hasher: MultiHasher,
         done: bool,
         /// The cache key taken at open, when the cache is on.

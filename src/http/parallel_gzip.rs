@@ -82,6 +82,7 @@ impl Pipeline {
     }
 
     fn trailer(&self) -> Bytes {
+        self.lane.done();
         Bytes::copy_from_slice(&pgzip::trailer(&self.crc))
     }
 }
