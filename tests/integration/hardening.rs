@@ -62,8 +62,12 @@ fn tokens_are_required_except_on_probes_and_reload_on_sighup() {
     std::fs::write(&tokens, "# ops team\nalpha-1\n\nbeta-2\n").unwrap();
     let srv = Server::start(&root, &["--token-file", tokens.to_str().unwrap()]);
 
-    for probe in ["/healthz", "/readyz"] {
-        assert_eq!(bearer_request(&srv, "GET", probe, None).status, 200);
+    for open in ["/", "/healthz", "/readyz"] {
+        assert_eq!(
+            bearer_request(&srv, "GET", open, None).status,
+            200,
+            "{open}"
+        );
     }
     let guarded = [
         ("POST", "/hash"),
