@@ -7,6 +7,7 @@ mod compress;
 mod dashboard;
 mod hash;
 mod health;
+mod index;
 mod observe;
 mod openapi;
 mod parallel_gzip;
@@ -72,6 +73,7 @@ impl std::ops::Deref for AppState {
 /// routes exists only to answer "empty path" with a 400), and
 /// `openapi.json` must describe exactly these: tests hold all three together.
 pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/", &["GET"]),
     ("/hash", &["POST"]),
     ("/hash-file/{path}", &["GET"]),
     ("/compress", &["POST"]),
@@ -110,6 +112,7 @@ pub fn app(state: AppState) -> App {
 /// The router: every route of the API and nothing else.
 fn routes(state: AppState) -> Router {
     let mut router = Router::new()
+        .route("/", get(index::page))
         .route("/hash", post(hash::hash_body))
         .route("/hash-file/", get(hash::hash_file))
         .route("/hash-file/{*path}", get(hash::hash_file))

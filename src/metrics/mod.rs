@@ -23,6 +23,8 @@ pub use snapshot::Snapshot;
 /// Route templates, the `route` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
+    /// `GET /`, the index page.
+    Index,
     Hash,
     HashFile,
     Compress,
@@ -36,7 +38,8 @@ pub enum Route {
 }
 
 impl Route {
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 10] = [
+        Route::Index,
         Route::Hash,
         Route::HashFile,
         Route::Compress,
@@ -50,6 +53,7 @@ impl Route {
 
     pub fn template(self) -> &'static str {
         match self {
+            Route::Index => "/",
             Route::Hash => "/hash",
             Route::HashFile => "/hash-file/{path}",
             Route::Compress => "/compress",
@@ -65,6 +69,7 @@ impl Route {
     /// Classifies a raw request path into its route template.
     pub fn classify(path: &str) -> Route {
         match path {
+            "/" => Route::Index,
             "/hash" => Route::Hash,
             "/compress" => Route::Compress,
             "/metrics" | "/metrics.json" => Route::Metrics,

@@ -281,7 +281,7 @@ mod tests {
         let total = |r: &Region| {
             let c = r.read().counters;
             (
-                c[ix::requests(0, 1, 0)],
+                c[ix::requests(Route::Hash as usize, 1, 0)],
                 c[ix::bytes(Op::Hash, Direction::In)],
             )
         };

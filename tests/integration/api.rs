@@ -26,6 +26,33 @@ fn hash_body_matches_independent_digests() {
     }
 }
 
+/// BLAKE3 against the BLAKE3 team's official test vectors (the default-length
+/// `hash` of each case), as a streamed body and as a file: the 35 lengths
+/// cross every boundary of the algorithm (64-byte block, 1 KiB chunk, trees
+/// of up to 100 chunks). This is the independent check of BLAKE3 itself;
+/// `oracle` can only check how the server streams it.
+#[test]
+fn blake3_matches_the_official_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let vectors = include_str!("../blake3_vectors.txt");
+    let mut cases = 0;
+    for line in vectors.lines().filter(|l| !l.starts_with('#')) {
+        let (len, want) = line.split_once(' ').unwrap();
+        let input: Vec<u8> = (0..len.parse::<usize>().unwrap())
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let r = srv.post("/hash?alg=blake3", &input);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["hash"], want, "body of {len} bytes");
+        std::fs::write(dir.path().join("v"), &input).unwrap();
+        let r = srv.get("/hash-file/v?alg=blake3");
+        assert_eq!(r.json()["hash"], want, "file of {len} bytes");
+        cases += 1;
+    }
+    assert_eq!(cases, 35);
+}
+
 #[test]
 fn hash_body_default_is_sha256_and_order_is_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -288,6 +315,64 @@ fn health_ready_and_metrics() {
     assert_eq!(
         srv.metric(r#"hashpress_processed_bytes_total{op="hash",direction="in"}"#),
         Some(21.0)
+    );
+}
+
+/// `GET /` is for a person with a browser: an HTML page linking the
+/// dashboard, the OpenAPI description, the metrics and the README's API
+/// section (embedded, escaped), every link of which answers 200; the same
+/// links as JSON on `Accept: application/json`; other methods 405.
+#[test]
+fn index_page_links_everything_useful() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let r = srv.get("/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let page = r.text();
+    for href in ["/dashboard", "/openapi.json", "/metrics", "#api"] {
+        assert!(
+            page.contains(&format!("href=\"{href}\"")),
+            "no link to {href}: {page}"
+        );
+    }
+    assert!(page.contains("<section id=\"api\">"), "{page}");
+    assert!(page.contains("curl --data-binary @big.iso"), "{page}");
+    // The README's `{"error": "<code>", ...}`, as text, not as a tag.
+    assert!(page.contains("\"&lt;code&gt;\""), "{page}");
+    let mut followed = Vec::new();
+    for piece in page.split("href=\"/").skip(1) {
+        let path = format!("/{}", &piece[..piece.find('"').unwrap()]);
+        assert_eq!(srv.get(&path).status, 200, "link {path}");
+        followed.push(path);
+    }
+    assert!(followed.len() >= 6, "{followed:?}");
+
+    let r = request(srv.addr, "GET", "/", &[("Accept", "application/json")], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(v["service"], "hashpress");
+    assert_eq!(v["links"]["dashboard"], "/dashboard");
+    assert_eq!(v["links"]["openapi.json"], "/openapi.json");
+    assert_eq!(v["links"]["metrics"], "/metrics");
+    assert_eq!(v["links"]["api"], "/#api");
+    for (name, link) in v["links"].as_object().unwrap() {
+        let path = link.as_str().unwrap().trim_end_matches("#api");
+        assert_eq!(srv.get(path).status, 200, "{name}: {path}");
+    }
+    let routes = v["routes"].as_array().unwrap();
+    assert!(routes.iter().any(|r| r == "GET /"), "{v}");
+    assert!(routes.iter().any(|r| r == "POST /hash"), "{v}");
+
+    let r = srv.post("/", b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.error_code(), "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    assert_eq!(
+        srv.metric(r#"hashpress_http_requests_total{route="/",method="GET",status="200"}"#),
+        Some(3.0),
+        "the page, its JSON, and the JSON's own \"/#api\" link"
     );
 }
 

@@ -191,6 +191,7 @@ fn wait_workers(srv: &Server, n: u64) {
 }
 
 #[test]
+#[ignore = "needs chromium (.ci/run installs it)"]
 fn dashboard_fills_with_live_figures_in_chromium() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
@@ -306,16 +307,22 @@ fn dashboard_page_is_self_contained() {
     assert_eq!(srv.post("/dashboard", b"").status, 405);
 }
 
-/// With `--token-file` the page still opens (it holds no figures) while the
-/// figures it polls need the token.
-#[test]
-fn dashboard_opens_without_token_but_figures_need_one() {
+/// A server with `--token-file` holding the token `sesame`.
+fn server_with_token() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "sesame\n").unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
     let srv = Server::start(&root, &["--token-file", tokens.to_str().unwrap()]);
+    (dir, srv)
+}
+
+/// With `--token-file` the page still opens (it holds no figures) while the
+/// figures it polls need the token.
+#[test]
+fn dashboard_opens_without_token_but_figures_need_one() {
+    let (_dir, srv) = server_with_token();
     assert_eq!(srv.get("/dashboard").status, 200);
     assert_eq!(srv.get("/metrics.json").status, 401);
     let r = request(
@@ -326,8 +333,13 @@ fn dashboard_opens_without_token_but_figures_need_one() {
         b"",
     );
     assert_eq!(r.status, 200);
+}
 
-    // In the browser, without a token: "disconnected", and the token form.
+/// In the browser, without a token: "disconnected", and the token form.
+#[test]
+#[ignore = "needs chromium (.ci/run installs it)"]
+fn dashboard_without_token_shows_the_token_form_in_chromium() {
+    let (_dir, srv) = server_with_token();
     let profile = tempfile::tempdir().unwrap();
     let url = format!("http://{}/dashboard", srv.addr);
     let dom = run_chromium(
