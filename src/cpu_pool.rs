@@ -136,6 +136,9 @@ struct Sched {
     seq: u64,
     /// Sum of the queued jobs' estimates (ns).
     backlog: u64,
+    /// Threads waiting for a job: a queued job wakes one only if there is
+    /// one (a wake-up is a system call).
+    idle: usize,
     closed: bool,
 }
 
@@ -278,7 +281,9 @@ impl Shared {
             _permit: permit,
         });
         self.stats.pool_enqueued();
-        self.work.notify_one();
+        if s.idle > 0 {
+            self.work.notify_one();
+        }
     }
 }
 
@@ -544,7 +549,9 @@ fn worker_loop(sh: &Shared) {
                 if s.closed {
                     return;
                 }
+                s.idle += 1;
                 s = sh.work.wait(s).unwrap_or_else(|p| p.into_inner());
+                s.idle -= 1;
             }
         };
         let Entry {
