@@ -13,7 +13,8 @@ import sys
 
 def main():
     path, algs = sys.argv[1], sys.argv[2].split(",")
-    states = {a: hashlib.new(a) for a in algs}
+    # hashlib spells SHA3-256 "sha3_256"; the API says "sha3-256".
+    states = {a: hashlib.new(a.replace("-", "_")) for a in algs}
     with open(path, "rb") as f:
         while True:
             block = f.read(1 << 20)

@@ -16,7 +16,7 @@ use super::query::Query;
 use crate::cpu_pool::Pending;
 use crate::digest_cache::Key;
 use crate::error::ApiError;
-use crate::kernel::{Digests, MultiHasher};
+use crate::kernel::{Digests, Encoding, MultiHasher};
 use crate::metrics::{Direction, Op};
 use crate::root::RelPath;
 
@@ -70,13 +70,14 @@ pub async fn hash_body(
     RawQuery(q): RawQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let algs = Query::parse(q.as_deref(), &["alg"])?.algorithms()?;
+    let query = Query::parse(q.as_deref(), &["alg", "encoding"])?;
+    let (algs, enc) = (query.algorithms()?, query.encoding()?);
     let mut body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
     let mut hasher = MultiHasher::new(&algs);
     while hasher.bytes() < INLINE_BODY {
         match body.next().await? {
             Some(chunk) => hasher.update(&chunk),
-            None => return Ok(body_digest(&st, hasher)),
+            None => return Ok(body_digest(&st, hasher, enc)),
         }
     }
     let offloaded = Offloaded::start();
@@ -120,13 +121,13 @@ pub async fn hash_body(
         Some(job) => job.wait().await?,
         None => idle.expect("no job holds the hasher"),
     };
-    Ok(body_digest(&st, hasher))
+    Ok(body_digest(&st, hasher, enc))
 }
 
-fn body_digest(st: &AppState, hasher: MultiHasher) -> Response {
+fn body_digest(st: &AppState, hasher: MultiHasher, enc: Encoding) -> Response {
     st.metrics
         .add_bytes(Op::Hash, Direction::In, hasher.bytes());
-    digest_response(&hasher.finish(), None)
+    digest_response(&hasher.finish(), None, enc)
 }
 
 /// The digest of a file under the root, hashed on the CPU pool one chunk per job.
@@ -135,7 +136,8 @@ pub async fn hash_file(
     RawQuery(q): RawQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let algs = Query::parse(q.as_deref(), &["alg"])?.algorithms()?;
+    let query = Query::parse(q.as_deref(), &["alg", "encoding"])?;
+    let (algs, enc) = (query.algorithms()?, query.encoding()?);
     let rel = path_after(req.uri().path(), "/hash-file/")?;
     let shown = rel.display();
     let root = st.root.clone();
@@ -175,7 +177,7 @@ pub async fn hash_file(
     let (mut file, mut hasher, mut done, key) = match first {
         Step::Cached(digests) => {
             st.metrics.add_digest_cache(true);
-            return Ok(digest_response(&digests, Some(&shown)));
+            return Ok(digest_response(&digests, Some(&shown), enc));
         }
         Step::Hashing {
             file,
@@ -215,7 +217,7 @@ pub async fn hash_file(
             cache.insert(before, &after, &digests, started);
         }
     }
-    Ok(digest_response(&digests, Some(&shown)))
+    Ok(digest_response(&digests, Some(&shown), enc))
 }
 
 /// What the first job of `hash_file` found.
@@ -279,7 +281,7 @@ pub fn path_after(uri_path: &str, prefix: &str) -> Result<RelPath, ApiError> {
 /// alphabetical order (`algorithm`, `bytes`, `digests` by name, `hash`,
 /// `path`). Building a `serde_json::Value` for it cost more than hashing a
 /// small body (a dozen allocations and an escaping pass over hex digits).
-fn digest_response(d: &Digests, path: Option<&str>) -> Response {
+fn digest_response(d: &Digests, path: Option<&str>, enc: Encoding) -> Response {
     let (alg, hex) = d.primary();
     let mut out = String::with_capacity(96 + 150 * d.entries.len() + path.map_or(0, str::len));
     // Algorithm names and hex digits need no escaping.
@@ -290,14 +292,15 @@ fn digest_response(d: &Digests, path: Option<&str>) -> Response {
     out.push_str(r#","digests":{"#);
     // By name; the usual single digest needs no sorting (nor a Vec to sort in).
     if d.entries.len() == 1 {
-        push_digests(&mut out, d.entries.iter());
+        push_digests(&mut out, d.entries.iter(), enc);
     } else {
         let mut by_name: Vec<_> = d.entries.iter().collect();
         by_name.sort_unstable_by_key(|(a, _)| a.name());
-        push_digests(&mut out, by_name.into_iter());
+        push_digests(&mut out, by_name.into_iter(), enc);
     }
     out.push_str(r#"},"hash":""#);
-    out.push_str(hex);
+    // Hex digits and base64 (A-Z a-z 0-9 + / =) need no JSON escaping.
+    out.push_str(&enc.render(hex));
     out.push('"');
     if let Some(p) = path {
         out.push_str(r#","path":"#);
@@ -318,6 +321,7 @@ fn digest_response(d: &Digests, path: Option<&str>) -> Response {
 fn push_digests<'a>(
     out: &mut String,
     entries: impl Iterator<Item = &'a (crate::kernel::Algorithm, String)>,
+    enc: Encoding,
 ) {
     for (i, (a, h)) in entries.enumerate() {
         if i > 0 {
@@ -326,7 +330,7 @@ fn push_digests<'a>(
         out.push('"');
         out.push_str(a.name());
         out.push_str(r#"":""#);
-        out.push_str(h);
+        out.push_str(&enc.render(h));
         out.push('"');
     }
 }
@@ -356,7 +360,7 @@ mod tests {
             ],
         };
         for path in [None, Some("a/b.txt"), Some("we\"ird\\ \u{1}\n é.bin")] {
-            let resp = digest_response(&d, path);
+            let resp = digest_response(&d, path, Encoding::Hex);
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
             let mut want = serde_json::json!({
                 "algorithm": "sha256",

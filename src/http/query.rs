@@ -1,7 +1,7 @@
 //! Query strings: only known keys, each at most once, values checked.
 
 use crate::error::ApiError;
-use crate::kernel::{AlgorithmList, Level};
+use crate::kernel::{AlgorithmList, Encoding, Level};
 use crate::root::percent_decode;
 
 /// Parsed `key=value` pairs of one request.
@@ -51,6 +51,14 @@ impl Query {
         match self.get("alg") {
             None => Ok(AlgorithmList::default_list()),
             Some(v) => AlgorithmList::parse(v).map_err(|e| ApiError::BadQuery(e.to_string())),
+        }
+    }
+
+    /// `encoding=hex|base64`, defaulting to hex.
+    pub fn encoding(&self) -> Result<Encoding, ApiError> {
+        match self.get("encoding") {
+            None => Ok(Encoding::Hex),
+            Some(v) => Encoding::parse(v).map_err(ApiError::BadQuery),
         }
     }
 

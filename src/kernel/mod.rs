@@ -5,5 +5,5 @@ pub mod digest;
 pub mod gzip;
 pub mod pgzip;
 
-pub use digest::{Algorithm, AlgorithmList, Digests, MultiHasher};
+pub use digest::{Algorithm, AlgorithmList, Digests, Encoding, MultiHasher};
 pub use gzip::{GzipStream, Level};

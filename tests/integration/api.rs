@@ -4,13 +4,27 @@ use std::io::Write;
 
 use crate::helpers::*;
 
-const ALL: &str = "sha256,sha512,sha1,md5,blake3,crc32c";
+const ALL: &str =
+    "sha256,sha512,sha384,sha3-256,sha1,md5,blake3,crc32c,crc32,crc64nvme,xxh3,xxh128";
 
 #[test]
 fn hash_body_matches_independent_digests() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &[]);
-    for (i, len) in [0usize, 1, 5, 65_536, 1_000_003].into_iter().enumerate() {
+    // Past 1 MiB a body is hashed on the pool in batches: 1 MiB + 7 and
+    // 3 MiB + 17 cross that switch and several batches.
+    for (i, len) in [
+        0usize,
+        1,
+        5,
+        65_536,
+        1_000_003,
+        (1 << 20) + 7,
+        3 * (1 << 20) + 17,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let body = pseudo_random(len, 100 + i as u64);
         let f = dir.path().join(format!("body{i}"));
         std::fs::write(&f, &body).unwrap();
@@ -87,6 +101,45 @@ fn hash_body_chunked_encoding() {
     }
     s.write_all(b"0\r\n\r\n").unwrap();
     assert_digests(&read_response(&mut s), &want, body.len());
+}
+
+/// `?encoding=base64` writes the same big-endian bytes as the hex form, for
+/// every algorithm, on both endpoints; a checksum as S3 shows it; unknown
+/// encodings are refused.
+#[test]
+fn base64_encoding_of_every_algorithm() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let body = pseudo_random((1 << 20) + 7, 9);
+    let f = dir.path().join("f.bin");
+    std::fs::write(&f, &body).unwrap();
+    let want = oracle(&f, ALL);
+    let hex_bytes = |h: &str| -> Vec<u8> {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    for resp in [
+        srv.post(&format!("/hash?alg={ALL}&encoding=base64"), &body),
+        srv.get(&format!("/hash-file/f.bin?alg={ALL}&encoding=base64")),
+    ] {
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let v = resp.json();
+        for (alg, hex) in &want {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(hex_bytes(hex));
+            assert_eq!(v["digests"][alg].as_str(), Some(b64.as_str()), "{alg}");
+        }
+        assert_eq!(v["hash"], v["digests"]["sha256"]);
+    }
+    // S3's documented CRC64NVME of "123456789", as x-amz-checksum-crc64nvme shows it.
+    let r = srv.post("/hash?alg=crc64nvme&encoding=base64", b"123456789");
+    assert_eq!(r.json()["hash"], "rosUhgp5mIg=");
+    let r = srv.post("/hash?encoding=b64", b"x");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "bad_query");
+    assert!(r.text().contains("hex, base64"), "{}", r.text());
 }
 
 #[test]
@@ -209,8 +262,9 @@ fn error_codes_and_messages() {
     let r = srv.post("/hash?alg=sha3", b"x");
     assert_eq!((r.status, r.error_code().as_str()), (400, "bad_query"));
     assert!(
-        r.text()
-            .contains("sha256, sha512, sha1, md5, blake3, crc32c")
+        r.text().contains(
+            "sha256, sha512, sha384, sha3-256, sha1, md5, blake3, crc32c, crc32, crc64nvme, xxh3, xxh128"
+        )
     );
 
     let r = srv.post("/hash?alg=", b"x");

@@ -348,6 +348,22 @@ pub fn oracle(path: &Path, algs: &str) -> HashMap<String, String> {
             "blake3" => {
                 out.insert(alg.to_string(), blake3::hash(&data).to_hex().to_string());
             }
+            "crc32" => {
+                let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&data);
+                out.insert(alg.to_string(), format!("{crc:08x}"));
+            }
+            "crc64nvme" => {
+                let crc = crc::Crc::<u64>::new(&crc::CRC_64_NVME).checksum(&data);
+                out.insert(alg.to_string(), format!("{crc:016x}"));
+            }
+            "xxh3" => {
+                let h = xxhash_rust::xxh3::xxh3_64(&data);
+                out.insert(alg.to_string(), format!("{h:016x}"));
+            }
+            "xxh128" => {
+                let h = xxhash_rust::xxh3::xxh3_128(&data);
+                out.insert(alg.to_string(), format!("{h:032x}"));
+            }
             _ => hashlib.push(alg),
         }
     }
