@@ -18,3 +18,4 @@ pub mod serve;
 pub mod server;
 pub mod shutdown;
 pub mod supervisor;
+pub mod tree;

@@ -5,7 +5,7 @@ pub mod auth;
 mod body;
 mod compress;
 mod dashboard;
-mod hash;
+pub(crate) mod hash;
 mod health;
 mod index;
 mod observe;
