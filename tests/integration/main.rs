@@ -11,3 +11,4 @@ mod helpers;
 mod lifecycle;
 mod metrics;
 mod streaming;
+mod strict_http;
