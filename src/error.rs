@@ -18,6 +18,8 @@ pub enum ApiError {
     NotAFile(String),
     /// 400: the request body could not be read (malformed chunked encoding, ...).
     BadBody(String),
+    /// 400: the request head breaks HTTP/1.1 (Host, Authorization, chunked twice).
+    BadHead(&'static str),
     /// 401: no valid bearer token (`--token-file`); true when one was
     /// presented but is not accepted.
     Unauthorized(bool),
@@ -39,6 +41,8 @@ pub enum ApiError {
     SourceChanged(String),
     /// 413: the body is larger than `--max-body`.
     BodyTooLarge(u64),
+    /// 501: a transfer coding other than `chunked`.
+    TransferCodingNotImplemented,
     /// 503: the CPU pool shed the request; `retry_after` (whole seconds, at
     /// least 1) is the measured backlog.
     Overloaded {
@@ -57,7 +61,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            BadQuery(_) | BadPath(_) | NotAFile(_) | BadBody(_) => StatusCode::BAD_REQUEST,
+            BadQuery(_) | BadPath(_) | NotAFile(_) | BadBody(_) | BadHead(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             OutsideRoot(_) | WritesDisabled | WriteRefused(_) => StatusCode::FORBIDDEN,
             FileNotFound(_) | NoRoute(_) => StatusCode::NOT_FOUND,
@@ -65,6 +71,7 @@ impl ApiError {
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             SourceChanged(_) => StatusCode::CONFLICT,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
             Overloaded { .. } | Draining => StatusCode::SERVICE_UNAVAILABLE,
             NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,6 +86,7 @@ impl ApiError {
             BadPath(_) => "bad_path",
             NotAFile(_) => "not_a_file",
             BadBody(_) => "bad_body",
+            BadHead(_) => "bad_head",
             Unauthorized(_) => "unauthorized",
             OutsideRoot(_) => "outside_root",
             WritesDisabled => "writes_disabled",
@@ -89,6 +97,7 @@ impl ApiError {
             BodyTimeout(_) => "body_timeout",
             SourceChanged(_) => "source_changed",
             BodyTooLarge(_) => "body_too_large",
+            TransferCodingNotImplemented => "transfer_coding_not_implemented",
             Overloaded { .. } => "overloaded",
             Draining => "draining",
             NoSpace => "no_space",
@@ -101,6 +110,7 @@ impl ApiError {
         match self {
             BadQuery(m) | BadPath(m) | BadBody(m) | OutsideRoot(m) | SourceChanged(m)
             | WriteRefused(m) => m.clone(),
+            BadHead(m) => (*m).into(),
             NotAFile(p) => format!("'{p}' is not a regular file"),
             Unauthorized(false) => {
                 "this endpoint requires 'Authorization: Bearer <token>'".into()
@@ -114,6 +124,9 @@ impl ApiError {
             MethodNotAllowed(allow) => format!("method not allowed here; allowed: {allow}"),
             BodyTimeout(s) => format!("no body data arrived for {s} s; request abandoned"),
             BodyTooLarge(limit) => format!("the body exceeds the limit of {limit} bytes (--max-body)"),
+            TransferCodingNotImplemented => {
+                "only the chunked transfer coding is implemented (RFC 9112 §6.1); send the body as is or chunked".into()
+            }
             Overloaded {
                 reason: ShedReason::Wait,
                 retry_after,
@@ -214,6 +227,11 @@ impl IntoResponse for ApiError {
                 if let Ok(v) = HeaderValue::from_str(allow) {
                     headers.insert(header::ALLOW, v);
                 }
+            }
+            // The body was left unread, and a client this far off the
+            // protocol is best not trusted with the next request either.
+            ApiError::BadHead(_) | ApiError::TransferCodingNotImplemented => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

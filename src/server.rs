@@ -17,7 +17,8 @@ use crate::shutdown::Shutdown;
 pub struct ServerOptions {
     /// Time a client has to send its request head (`--header-read-timeout`).
     pub header_read_timeout: Duration,
-    /// Largest request head in bytes (`--max-header-bytes`); hyper answers 431 past it.
+    /// Largest request head in bytes (`--max-header-bytes`), request line
+    /// and final blank line included; hyper answers 431 past it.
     pub max_header_bytes: usize,
     /// Connections served at once (`--max-connections`); more wait in the backlog.
     pub max_connections: usize,
@@ -64,6 +65,13 @@ pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutd
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(opts.header_read_timeout)
+            // The exact head limit. The read buffer's cap alone lets heads
+            // through well past it: a read fills all the spare capacity of
+            // the buffer, which may exceed the cap, and a head that is
+            // complete in the buffer is then accepted whatever its size.
+            // hyper writes that 431 itself, with an empty body: it offers no
+            // hook to shape the answer to a head it refused to parse.
+            .max_header_size(opts.max_header_bytes)
             .max_buf_size(opts.max_header_bytes.max(8192))
             .keep_alive(true);
         let conn = builder.serve_connection(TokioIo::new(stream), service);

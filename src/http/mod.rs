@@ -12,6 +12,7 @@ mod observe;
 mod openapi;
 mod parallel_gzip;
 pub mod query;
+mod request_head;
 
 pub use observe::App;
 

@@ -1,5 +1,5 @@
 //! What every request passes through on its way to the router: request id,
-//! bearer token, panic guard, JSON for axum's bare 405s, counters, the
+//! the HTTP/1.1 head checks (`request_head`), bearer token, panic guard, JSON for axum's bare 405s, counters, the
 //! access log and `Connection: close` while draining.
 //!
 //! This is one hand-written service in front of the router rather than a
@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use tower::ServiceExt;
 
-use super::{AppState, access_log, auth};
+use super::{AppState, access_log, auth, request_head};
 use crate::error::ApiError;
 use crate::metrics::Route;
 
@@ -91,10 +91,10 @@ impl App {
         };
         // Kept for the `Allow` list of a 405, worked out only when one happens.
         let uri = req.uri().clone();
-        let denied = if self.require_token {
-            auth::check(st, &req).err()
-        } else {
-            None
+        let denied = match request_head::check(&req) {
+            Err(bad) => Some(bad),
+            Ok(()) if self.require_token => auth::check(st, &req).err(),
+            Ok(()) => None,
         };
         let mut resp = match denied {
             Some(denied) => denied.into_response(),

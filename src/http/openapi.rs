@@ -95,6 +95,7 @@ mod tests {
                 let req = Request::builder()
                     .method(Method::from_bytes(m.as_bytes()).unwrap())
                     .uri(&path)
+                    .header("host", "t")
                     .body(Body::empty())
                     .unwrap();
                 let resp = router.call(req).await.unwrap();
@@ -113,6 +114,7 @@ mod tests {
         }
         let req = Request::builder()
             .uri("/nowhere")
+            .header("host", "t")
             .body(Body::empty())
             .unwrap();
         assert_eq!(

@@ -18,12 +18,12 @@ use super::{Slot, ix};
 /// generation during a reload.
 pub const MAX_SLOTS: usize = 128;
 
-const MAGIC: u64 = 0x6873_7072_6573_7331; // "hspress1"
+const MAGIC: u64 = 0x6873_7072_6573_7332; // "hspress2": bump when `Layout` changes
 /// A slot claimed by the supervisor whose process has no pid yet.
 const RESERVED: u64 = u64::MAX;
 
 /// Why a worker restarted, the `reason` label.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestartReason {
     /// It died (crash, kill, failed start).
     Crash = 0,
@@ -45,6 +45,10 @@ struct Header {
     /// 0 in single-process mode.
     supervisor_pid: AtomicU64,
     workers_alive: AtomicU64,
+    /// The supervisor's `state::Phase` code (0 in single-process mode) and
+    /// its serving generation: what tests and operators wait on.
+    supervisor_phase: AtomicU64,
+    generation: AtomicU64,
     restarts: [AtomicU64; 3],
     /// Per slot: 0 free, RESERVED, or the pid recording into it.
     slot_pid: [AtomicU64; MAX_SLOTS],
@@ -81,6 +85,9 @@ pub struct Reading {
     pub live: Vec<LiveProcess>,
     pub supervisor_pid: Option<u32>,
     pub workers_alive: u64,
+    /// The supervisor's phase code and serving generation.
+    pub supervisor_phase: u64,
+    pub generation: u64,
     pub restarts: [u64; 3],
     pub started_unix_ms: u64,
 }
@@ -206,6 +213,13 @@ impl Region {
             .store(n as u64, Ordering::Relaxed);
     }
 
+    /// Publishes the supervisor's phase (a `state::Phase` code) and generation.
+    pub fn set_phase(&self, phase: u64, generation: u64) {
+        let h = &self.layout.header;
+        h.generation.store(generation, Ordering::Relaxed);
+        h.supervisor_phase.store(phase, Ordering::Release);
+    }
+
     pub fn add_restart(&self, reason: RestartReason) {
         self.layout.header.restarts[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -252,6 +266,8 @@ impl Region {
                 live,
                 supervisor_pid: (sup != 0).then_some(sup),
                 workers_alive: h.workers_alive.load(Ordering::Relaxed),
+                supervisor_phase: h.supervisor_phase.load(Ordering::Acquire),
+                generation: h.generation.load(Ordering::Relaxed),
                 restarts: [0, 1, 2].map(|r| h.restarts[r].load(Ordering::Relaxed)),
                 started_unix_ms: h.started_unix_ms.load(Ordering::Relaxed),
             };

@@ -11,6 +11,7 @@ use super::{
     BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, SHED_REASONS, STATUSES, ShedReason,
     ix,
 };
+use crate::supervisor::state::Phase;
 
 /// Thread settings of each process, reported as gauges.
 pub struct PoolConfig {
@@ -80,6 +81,12 @@ impl Snapshot {
             .into_iter()
             .map(|r| self.c(ix::pool_rejected(r)))
             .sum()
+    }
+
+    /// The supervisor's published phase; None in single-process mode.
+    fn supervisor_phase(&self) -> Option<Phase> {
+        self.reading.supervisor_pid?;
+        Phase::from_code(self.reading.supervisor_phase)
     }
 
     fn workers_alive(&self) -> u64 {
@@ -253,6 +260,29 @@ impl Snapshot {
             header(o, name, "gauge", help);
             let _ = writeln!(o, "{name} {v}");
         }
+        if let Some(phase) = self.supervisor_phase() {
+            header(
+                o,
+                "hashpress_supervisor_phase",
+                "gauge",
+                "The supervisor's phase: 1 for the current one.",
+            );
+            for p in Phase::ALL {
+                let on = u8::from(p == phase);
+                let _ = writeln!(
+                    o,
+                    "hashpress_supervisor_phase{{phase=\"{}\"}} {on}",
+                    p.name()
+                );
+            }
+            header(
+                o,
+                "hashpress_generation",
+                "gauge",
+                "Worker generation serving: 0, then one more per successful reload.",
+            );
+            let _ = writeln!(o, "hashpress_generation {}", self.reading.generation);
+        }
         header(
             o,
             "hashpress_worker_restarts_total",
@@ -378,7 +408,13 @@ impl Snapshot {
             .collect();
         json!({
             "uptime_seconds": self.uptime_seconds,
-            "workers": { "alive": self.workers_alive(), "restarts": restarts },
+            "workers": {
+                "alive": self.workers_alive(),
+                "restarts": restarts,
+                // null in single-process mode: no supervisor.
+                "phase": self.supervisor_phase().map(Phase::name),
+                "generation": self.reading.generation,
+            },
             "requests": requests,
             "latency": latency,
             "bytes": {

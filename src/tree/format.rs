@@ -150,7 +150,7 @@ pub struct ParseError {
 }
 
 fn is_hex(s: &[u8]) -> bool {
-    !s.is_empty() && s.len() % 2 == 0 && s.iter().all(|b| b.is_ascii_hexdigit())
+    !s.is_empty() && s.len().is_multiple_of(2) && s.iter().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Reads a manifest. `format`: as the client said, or detected from the
@@ -190,7 +190,10 @@ pub fn parse(
                 let Some(obj) = v.as_object() else {
                     return Err(err("not a JSON object".into()));
                 };
-                if obj.contains_key("files") || obj.contains_key("error") || obj.contains_key("skipped") {
+                if obj.contains_key("files")
+                    || obj.contains_key("error")
+                    || obj.contains_key("skipped")
+                {
                     continue;
                 }
                 let path = obj
@@ -207,11 +210,14 @@ pub fn parse(
                 (path.as_bytes().to_vec(), Listed { digests })
             }
             Format::Bsd => {
-                let (a, path, hex) = bsd_line(l)
-                    .ok_or_else(|| err("not a 'TAG (path) = hex' line".into()))?;
-                (path, Listed {
-                    digests: vec![(a, hex)],
-                })
+                let (a, path, hex) =
+                    bsd_line(l).ok_or_else(|| err("not a 'TAG (path) = hex' line".into()))?;
+                (
+                    path,
+                    Listed {
+                        digests: vec![(a, hex)],
+                    },
+                )
             }
             Format::Sha256sum => {
                 let (escaped, rest) = match l.strip_prefix(b"\\") {
@@ -227,18 +233,24 @@ pub fn parse(
                 let path = tail
                     .strip_prefix(b"  ")
                     .or_else(|| tail.strip_prefix(b" *"))
-                    .ok_or_else(|| err("expected two spaces (or ' *') between digest and path".into()))?;
+                    .ok_or_else(|| {
+                        err("expected two spaces (or ' *') between digest and path".into())
+                    })?;
                 if !is_hex(hex) {
                     return Err(err("the digest is not hex".into()));
                 }
                 let path = if escaped {
-                    unescape(path).ok_or_else(|| err("a bad backslash escape in the path".into()))?
+                    unescape(path)
+                        .ok_or_else(|| err("a bad backslash escape in the path".into()))?
                 } else {
                     path.to_vec()
                 };
-                (path, Listed {
-                    digests: vec![(alg, String::from_utf8_lossy(hex).to_lowercase())],
-                })
+                (
+                    path,
+                    Listed {
+                        digests: vec![(alg, String::from_utf8_lossy(hex).to_lowercase())],
+                    },
+                )
             }
             Format::Bagit => {
                 let sp = l
@@ -252,9 +264,12 @@ pub fn parse(
                 let tail = tail.trim_ascii_start();
                 let path = crate::root::percent_decode(tail)
                     .ok_or_else(|| err("a bad %-escape in the path".into()))?;
-                (path, Listed {
-                    digests: vec![(alg, String::from_utf8_lossy(hex).to_lowercase())],
-                })
+                (
+                    path,
+                    Listed {
+                        digests: vec![(alg, String::from_utf8_lossy(hex).to_lowercase())],
+                    },
+                )
             }
         };
         if path.is_empty() {
@@ -309,7 +324,14 @@ mod tests {
     /// backslash, percent, spaces and non-ASCII included.
     #[test]
     fn every_format_round_trips_awkward_names() {
-        let names: [&[u8]; 6] = [b"a b", b"new\nline", b"back\\slash", b"100%", "é/ü".as_bytes(), b"cr\rx"];
+        let names: [&[u8]; 6] = [
+            b"a b",
+            b"new\nline",
+            b"back\\slash",
+            b"100%",
+            "é/ü".as_bytes(),
+            b"cr\rx",
+        ];
         for f in [Format::Sha256sum, Format::Bsd, Format::Bagit] {
             let mut body = Vec::new();
             for n in names {
@@ -319,7 +341,11 @@ mod tests {
             assert_eq!(got_format, f);
             assert_eq!(parsed.len(), names.len(), "{f:?}");
             for n in names {
-                assert_eq!(parsed[n].digests, [(Algorithm::Sha256, H.to_string())], "{f:?}");
+                assert_eq!(
+                    parsed[n].digests,
+                    [(Algorithm::Sha256, H.to_string())],
+                    "{f:?}"
+                );
             }
         }
     }
@@ -338,15 +364,26 @@ mod tests {
 
     #[test]
     fn detection_and_line_numbered_errors() {
-        let (f, p) = parse(b"{\"path\":\"a\",\"bytes\":1,\"blake3\":\"ab01\"}\n{\"files\":1}\n", None, Algorithm::Sha256).unwrap();
+        let (f, p) = parse(
+            b"{\"path\":\"a\",\"bytes\":1,\"blake3\":\"ab01\"}\n{\"files\":1}\n",
+            None,
+            Algorithm::Sha256,
+        )
+        .unwrap();
         assert_eq!(f, Format::Ndjson);
-        assert_eq!(p[b"a".as_slice()].digests, [(Algorithm::Blake3, H.to_string())]);
+        assert_eq!(
+            p[b"a".as_slice()].digests,
+            [(Algorithm::Blake3, H.to_string())]
+        );
         let (f, _) = parse(b"MD5 (x) = ab01\n", None, Algorithm::Sha256).unwrap();
         assert_eq!(f, Format::Bsd);
         let e = parse(b"ab01  a\n\nzz  b\n", None, Algorithm::Sha256).unwrap_err();
         assert_eq!(e.line, 3);
         let e = parse(b"ab01  a\nab01  a\n", None, Algorithm::Sha256).unwrap_err();
-        assert_eq!((e.line, e.message.as_str()), (2, "this path is listed twice"));
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (2, "this path is listed twice")
+        );
         assert!(parse(b"ab01 a\n", None, Algorithm::Sha256).is_err());
     }
 }

@@ -41,17 +41,23 @@ pub enum Record {
         digests: Digests,
     },
     /// Listed, not read (a FIFO, socket, device, symlinked directory).
-    Skipped { path: Vec<u8>, why: &'static str },
+    Skipped {
+        path: Vec<u8>,
+        why: &'static str,
+    },
     /// Could not be read; the walk went on.
-    Error { path: Vec<u8>, error: ApiError },
+    Error {
+        path: Vec<u8>,
+        error: ApiError,
+    },
 }
 
 impl Record {
     pub fn path(&self) -> &[u8] {
         match self {
-            Record::File { path, .. } | Record::Skipped { path, .. } | Record::Error { path, .. } => {
-                path
-            }
+            Record::File { path, .. }
+            | Record::Skipped { path, .. }
+            | Record::Error { path, .. } => path,
         }
     }
 }

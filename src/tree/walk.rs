@@ -93,7 +93,7 @@ impl Walk {
     }
 
     /// The path relative to the root of `path` (relative to the start).
-    fn from_root(&self, path: &[u8]) -> RelPath {
+    fn under_root(&self, path: &[u8]) -> RelPath {
         let mut full = match &self.start {
             Some(s) => {
                 let mut v = s.as_bytes().to_vec();
@@ -155,7 +155,7 @@ impl Iterator for Walk {
                     });
                 }
                 Kind::File | Kind::Symlink | Kind::Unknown => {
-                    let rel = self.from_root(&path);
+                    let rel = self.under_root(&path);
                     return Some(match self.root.open_file(&rel) {
                         Ok((file, size)) => Entry::File { path, file, size },
                         Err(OpenError::NotAFile) if kind == Kind::Symlink => Entry::Skipped {
@@ -207,7 +207,13 @@ fn kind_at(dir: &OwnedFd, name: &[u8]) -> Kind {
     // SAFETY: fstatat into a zeroed stat buffer we own, with a valid fd and name.
     let mode = unsafe {
         let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) != 0 {
+        if libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        ) != 0
+        {
             return Kind::Unknown;
         }
         st.st_mode & libc::S_IFMT

@@ -348,6 +348,14 @@ fn health_ready_and_metrics() {
     let srv = Server::start(dir.path(), &[]);
     assert_eq!(srv.get("/healthz").json()["status"], "ok");
     assert_eq!(srv.get("/readyz").json()["status"], "ready");
+    // One process, no supervisor: no phase to publish.
+    let workers = srv.get("/metrics.json").json()["workers"].clone();
+    assert!(workers["phase"].is_null(), "{workers}");
+    assert!(
+        !srv.get("/metrics")
+            .text()
+            .contains("hashpress_supervisor_phase")
+    );
     for _ in 0..7 {
         assert_eq!(srv.post("/hash", b"abc").status, 200);
     }

@@ -43,10 +43,30 @@ impl Cluster {
     fn spawn(cmd: Command) -> Cluster {
         let (child, addr, log) = crate::helpers::spawn_listening(cmd);
         let c = Cluster { child, addr, log };
-        c.wait_log(Duration::from_secs(15), |v| {
-            v["message"] == "all workers ready"
-        });
+        c.wait_phase("ready", 0, Duration::from_secs(15));
         c
+    }
+
+    /// Waits until the supervisor publishes `phase` with `generation`
+    /// serving (`workers` in `/metrics.json`): the state itself, not a log
+    /// line about it.
+    fn wait_phase(&self, phase: &str, generation: u64, limit: Duration) {
+        let end = Instant::now() + limit;
+        let mut seen = Value::Null;
+        while Instant::now() < end {
+            let r = crate::helpers::request(self.addr, "GET", "/metrics.json", &[], b"");
+            if r.status == 200 {
+                seen = r.json()["workers"].clone();
+                if seen["phase"] == phase && seen["generation"] == generation {
+                    return;
+                }
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "never {phase} at generation {generation} (last: {seen}); log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
     }
 
     fn pid(&self) -> i32 {
@@ -392,9 +412,7 @@ fn sighup_under_load_drops_nothing_and_replaces_every_worker() {
     let load = Load::start(c.addr, 64);
     thread::sleep(Duration::from_millis(800));
     c.signal(libc::SIGHUP);
-    c.wait_log(Duration::from_secs(20), |v| {
-        v["message"] == "reload: new workers ready; draining the old ones"
-    });
+    c.wait_phase("ready", 1, Duration::from_secs(20));
     // Wait until the old generation has exited, under load all along.
     let end = Instant::now() + Duration::from_secs(15);
     while c.children().iter().any(|p| old.contains(&(*p as u32))) {
@@ -439,9 +457,7 @@ fn sighup_under_wrk_sees_no_errors() {
     let out = wrk.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("{text}");
-    c.wait_log(Duration::from_secs(5), |v| {
-        v["message"] == "reload: new workers ready; draining the old ones"
-    });
+    c.wait_phase("ready", 1, Duration::from_secs(5));
     assert!(text.contains("requests in"), "{text}");
     assert!(!text.contains("Socket errors"), "{text}");
     assert!(!text.contains("Non-2xx"), "{text}");
@@ -561,6 +577,7 @@ fn a_new_generation_that_cannot_start_leaves_the_old_one_serving() {
             .contains("exited before it was ready"),
         "{v}"
     );
+    c.wait_phase("ready", 0, Duration::from_secs(5));
     thread::sleep(Duration::from_millis(300));
     let now: HashSet<u32> = c.children().into_iter().map(|p| p as u32).collect();
     assert_eq!(now, old, "the old workers keep serving");

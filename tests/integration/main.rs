@@ -12,3 +12,4 @@ mod lifecycle;
 mod metrics;
 mod shedding;
 mod streaming;
+mod strict_http;
