@@ -44,7 +44,7 @@ GET|POST /compress/{path}, POST /compress, /metrics, /metrics.json, /dashboard, 
 By default a supervisor runs 2 worker processes on one socket (--workers 0: a single process). \
 gzip inputs of 4 MiB or more are compressed in parallel (128 KiB blocks on every pool thread, \
 one gzip stream); ?parallel=0|1 chooses.")]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Digests of files and trees, as `sha256sum`/`b3sum` print them, without a server.
     #[command(
         long_about = "Digests of files and (with -r) whole trees, without a server, \
