@@ -19,8 +19,10 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
     name = "hashpress",
     version,
     about = "Streaming hash and gzip HTTP server",
-    long_about = "hashpress hashes (SHA-256, SHA-512, SHA-1, MD5, BLAKE3, CRC32C) and gzips request \
-bodies and files under one served directory, as streams, on a bounded CPU pool.\n\n\
+    long_about = "hashpress hashes (SHA-2, SHA-3, SHA-1, MD5, BLAKE3, CRC32, CRC32C, CRC64NVME, XXH3) \
+and gzips request bodies, files and whole trees under one served directory, as streams, on a \
+bounded CPU pool. `hashpress hash` and `hashpress check` do the same for files and trees on the \
+command line, without a server.\n\n\
 Start it with `hashpress serve --root DIR`, then e.g.\n  \
 curl --data-binary @file 'http://127.0.0.1:3000/hash?alg=sha256,blake3'\n  \
 curl http://127.0.0.1:3000/hash-file/some/file.bin\n  \
