@@ -13,3 +13,4 @@ mod metrics;
 mod shedding;
 mod streaming;
 mod strict_http;
+mod upgrade;
