@@ -179,14 +179,18 @@ fn reload_exe_overrides_the_invoked_path() {
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("elsewhere/hashpress");
     release(&other);
+    // From the config file, like every flag; relative: made absolute
+    // against the start directory.
+    let config = dir.path().join("hashpress.toml");
+    std::fs::write(&config, "reload-exe = \"elsewhere/hashpress\"\n").unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--workers", "1", "--listen", "127.0.0.1:0"])
-        .args(["--log-format", "json", "--root"])
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .arg("--root")
         .arg(dir.path())
-        // Relative: made absolute against the start directory.
         .current_dir(dir.path());
     crate::helpers::clean_env(&mut cmd);
-    cmd.env("HASHPRESS_RELOAD_EXE", "elsewhere/hashpress");
     let c = Cluster::spawn(cmd);
     assert_eq!(worker_files(&c), [file_id(BIN)]);
     c.signal(libc::SIGHUP);
