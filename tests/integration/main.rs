@@ -13,4 +13,5 @@ mod metrics;
 mod shedding;
 mod streaming;
 mod strict_http;
+mod trees;
 mod upgrade;
