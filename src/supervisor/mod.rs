@@ -59,10 +59,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
     // when we were started.
     let reload_exe = match exe::reload_path(args.reload_exe.as_deref()) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("hashpress: {e}");
-            return ExitCode::from(2);
-        }
+        // Still serve: reloads then follow an in-place replace only.
+        Err(e) => match std::env::current_exe() {
+            Ok(p) => {
+                tracing::warn!(error = %e, exe = %p.display(), "reloads will run the file this process runs");
+                p
+            }
+            Err(e2) => {
+                eprintln!("hashpress: {e}; and cannot read /proc/self/exe: {e2}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let addr = listener.local_addr().map_or(args.listen, |a| a);
     tracing::info!(
