@@ -6,6 +6,7 @@
 //! `supervisor` runs the cluster mode (one supervisor, N worker processes).
 
 pub mod build_info;
+pub mod cli;
 pub mod config;
 pub mod cpu_pool;
 pub mod digest_cache;

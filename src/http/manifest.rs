@@ -2,8 +2,6 @@
 //! digests, streamed as they are computed, and a check of a manifest
 //! against the tree that finds what changed, what is missing and what is new.
 
-use std::collections::BTreeMap;
-
 use axum::body::Body;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderValue, header};
@@ -17,7 +15,8 @@ use super::query::Query;
 use crate::error::ApiError;
 use crate::kernel::AlgorithmList;
 use crate::root::RelPath;
-use crate::tree::format::{self, Format, Listed};
+use crate::tree::check::{Check, Verdict};
+use crate::tree::format::{self, Format};
 use crate::tree::manifest::{Manifest, Record, Summary, ndjson_line};
 
 /// The directory after `/manifest/` (None: the root), with `suffix` removed first.
@@ -161,127 +160,59 @@ pub async fn check(
         st.digest_cache.clone(),
     )
     .await?;
-    let state = Check {
-        m,
-        listed,
-        counts: BTreeMap::new(),
-        done: false,
-    };
-    let stream = futures_util::stream::unfold(state, |mut c| async move {
-        if c.done {
+    let state = (m, Check::new(listed), false);
+    let stream = futures_util::stream::unfold(state, |(mut m, mut c, done)| async move {
+        if done {
             return None;
         }
         let mut out = Vec::with_capacity(16 << 10);
         while out.len() < 16 << 10 {
-            match c.m.next().await {
-                Some(r) => c.record(r, &mut out),
+            match m.next().await {
+                Some(r) => c.record(r, |p, v| verdict_line(p, v, &mut out)),
                 None => {
-                    // What is still listed was not found.
-                    while let Some((path, _)) = c.listed.pop_first() {
-                        c.line(&path, "missing", Map::new(), &mut out);
-                    }
-                    let n = |k: &str| c.counts.get(k).copied().unwrap_or(0);
-                    let bad = n("changed") + n("missing") + n("error");
+                    c.finish(|p, v| verdict_line(p, v, &mut out));
+                    let n = c.counts;
                     let s = json!({
-                        "ok": n("ok"), "changed": n("changed"), "missing": n("missing"),
-                        "new": n("new"), "errors": n("error"),
-                        "verdict": if bad == 0 { "pass" } else { "fail" },
+                        "ok": n.ok, "changed": n.changed, "missing": n.missing,
+                        "new": n.new, "errors": n.errors,
+                        "verdict": if n.pass() { "pass" } else { "fail" },
                     });
                     serde_json::to_writer(&mut out, &s).expect("JSON into a Vec");
                     out.push(b'\n');
-                    c.done = true;
-                    return Some((Ok(Bytes::from(out)), c));
+                    return Some((Ok(Bytes::from(out)), (m, c, true)));
                 }
             }
         }
-        Some((Ok::<_, std::io::Error>(Bytes::from(out)), c))
+        Some((Ok::<_, std::io::Error>(Bytes::from(out)), (m, c, false)))
     });
     Ok(streamed("application/x-ndjson", Body::from_stream(stream)))
 }
 
-struct Check {
-    m: Manifest,
-    /// Listed paths not reached yet by the walk.
-    listed: BTreeMap<Vec<u8>, Listed>,
-    counts: BTreeMap<&'static str, u64>,
-    done: bool,
-}
-
-impl Check {
-    fn line(
-        &mut self,
-        path: &[u8],
-        status: &'static str,
-        extra: Map<String, Value>,
-        out: &mut Vec<u8>,
-    ) {
-        *self.counts.entry(status).or_default() += 1;
-        let mut obj = Map::new();
-        obj.insert(
-            "path".into(),
-            String::from_utf8_lossy(path).into_owned().into(),
-        );
-        obj.insert("status".into(), status.into());
-        obj.extend(extra);
-        serde_json::to_writer(&mut *out, &obj).expect("JSON into a Vec");
-        out.push(b'\n');
-    }
-
-    fn record(&mut self, r: Record, out: &mut Vec<u8>) {
-        // Listed paths that sort before this one were passed: missing.
-        while let Some(first) = self.listed.first_key_value().map(|(k, _)| k.clone()) {
-            if first.as_slice() >= r.path() {
-                break;
-            }
-            self.listed.remove(&first);
-            self.line(&first, "missing", Map::new(), out);
+/// One NDJSON record of a check.
+fn verdict_line(path: &[u8], v: &Verdict, out: &mut Vec<u8>) {
+    let mut obj = Map::new();
+    obj.insert(
+        "path".into(),
+        String::from_utf8_lossy(path).into_owned().into(),
+    );
+    obj.insert("status".into(), v.name().into());
+    let digests = |d: &[(crate::kernel::Algorithm, String)]| -> Value {
+        d.iter()
+            .map(|(a, h)| (a.name().to_string(), Value::from(h.as_str())))
+            .collect::<Map<_, _>>()
+            .into()
+    };
+    match v {
+        Verdict::Changed { expected, actual } => {
+            obj.insert("expected".into(), digests(expected));
+            obj.insert("actual".into(), digests(actual));
         }
-        let listed = self.listed.remove(r.path());
-        match (r, listed) {
-            (Record::File { path, .. }, None) => self.line(&path, "new", Map::new(), out),
-            // Not listed and not a file: nothing to say.
-            (Record::Skipped { .. }, None) => {}
-            // Unreadable: an error if listed, a new path (that could not be
-            // read) if not.
-            (Record::Error { path, error }, listed) => {
-                let mut extra = Map::new();
-                extra.insert("error".into(), error.code().into());
-                extra.insert("message".into(), error.message().into());
-                let status = if listed.is_some() { "error" } else { "new" };
-                self.line(&path, status, extra, out);
-            }
-            (Record::Skipped { path, why }, Some(_)) => {
-                let mut extra = Map::new();
-                extra.insert("error".into(), "not_a_file".into());
-                extra.insert("message".into(), why.into());
-                self.line(&path, "error", extra, out);
-            }
-            (Record::File { path, digests }, Some(listed)) => {
-                let mut expected = Map::new();
-                let mut actual = Map::new();
-                let mut same = true;
-                for (a, want) in &listed.digests {
-                    let got = digests
-                        .entries
-                        .iter()
-                        .find(|(x, _)| x == a)
-                        .map(|(_, h)| h.as_str())
-                        .unwrap_or("");
-                    if !got.eq_ignore_ascii_case(want) {
-                        same = false;
-                    }
-                    expected.insert(a.name().into(), want.clone().into());
-                    actual.insert(a.name().into(), got.into());
-                }
-                if same {
-                    self.line(&path, "ok", Map::new(), out);
-                } else {
-                    let mut extra = Map::new();
-                    extra.insert("expected".into(), expected.into());
-                    extra.insert("actual".into(), actual.into());
-                    self.line(&path, "changed", extra, out);
-                }
-            }
+        Verdict::New { error: Some(error) } | Verdict::Error { error } => {
+            obj.insert("error".into(), error.code().into());
+            obj.insert("message".into(), error.message().into());
         }
+        _ => {}
     }
+    serde_json::to_writer(&mut *out, &obj).expect("JSON into a Vec");
+    out.push(b'\n');
 }
