@@ -17,7 +17,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(
     name = "hashpress",
-    version,
+    version = crate::build_info::LONG,
     about = "Streaming hash and gzip HTTP server",
     long_about = "hashpress hashes (SHA-2, SHA-3, SHA-1, MD5, BLAKE3, CRC32, CRC32C, CRC64NVME, XXH3) \
 and gzips request bodies, files and whole trees under one served directory, as streams, on a \
@@ -253,6 +253,14 @@ pub struct ServeArgs {
     #[arg(long, env = "HASHPRESS_READY_TIMEOUT", default_value = "30s", value_name = "DURATION",
           value_parser = parse_duration)]
     pub ready_timeout: Duration,
+
+    /// Cluster mode: the binary a SIGHUP reload starts the new workers from. By default
+    /// the path this supervisor was started by (argv[0], made absolute against the start
+    /// directory or looked up in PATH, symlinks not resolved), so all of these upgrade:
+    /// swapping a `current -> releases/vN` symlink, renaming the old file aside and
+    /// putting the new one in its place, or replacing the file in place.
+    #[arg(long, env = "HASHPRESS_RELOAD_EXE", value_name = "PATH")]
+    pub reload_exe: Option<PathBuf>,
 
     /// Cluster mode: a worker whose resident memory (VmRSS, checked every second) passes
     /// this size is recycled gracefully: a replacement starts, and once it is ready the

@@ -5,6 +5,7 @@
 //! `root` confines every file access to the served directory;
 //! `supervisor` runs the cluster mode (one supervisor, N worker processes).
 
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod cpu_pool;

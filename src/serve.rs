@@ -103,6 +103,7 @@ fn own_region() -> std::io::Result<(&'static Region, usize)> {
         .claim(0)
         .ok_or_else(|| std::io::Error::other("no free metrics slot"))?;
     region.set_pid(slot, std::process::id());
+    region.set_own_build(&crate::build_info::Build::own());
     Ok((region, slot))
 }
 

@@ -13,14 +13,17 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use super::{Slot, ix};
+use crate::build_info::Build;
 
 /// Most processes recording at once: workers, plus replacements and a new
 /// generation during a reload.
 pub const MAX_SLOTS: usize = 128;
 
-const MAGIC: u64 = 0x6873_7072_6573_7333; // "hspress3": bump when `Layout` changes
+const MAGIC: u64 = 0x6873_7072_6573_7334; // "hspress4": bump when `Layout` changes
 /// A slot claimed by the supervisor whose process has no pid yet.
 const RESERVED: u64 = u64::MAX;
+/// Words of a `BuildCell`: a length, then up to 88 bytes of text.
+const BUILD_WORDS: usize = 12;
 
 /// Why a worker restarted, the `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +57,44 @@ struct Header {
     slot_pid: [AtomicU64; MAX_SLOTS],
     /// Per slot: the worker position (1..N; 0 in single-process mode).
     slot_worker: [AtomicU64; MAX_SLOTS],
+    /// The release of the supervisor (or single process), written by itself.
+    own_build: BuildCell,
+    /// Per slot: the release its process runs, written by that process as it
+    /// starts, so it says what was really executed, not what was meant to be.
+    slot_build: [BuildCell; MAX_SLOTS],
+}
+
+/// A `build_info::Build`, encoded: word 0 is the byte length (0 = not
+/// written yet), stored last with Release so a reader that sees it sees
+/// the bytes too.
+#[repr(C)]
+struct BuildCell([AtomicU64; BUILD_WORDS]);
+
+impl BuildCell {
+    fn write(&self, build: &Build) {
+        let bytes = build.encode();
+        let bytes = &bytes[..bytes.len().min((BUILD_WORDS - 1) * 8)];
+        for (i, chunk) in bytes.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0[1 + i].store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+        self.0[0].store(bytes.len() as u64, Ordering::Release);
+    }
+
+    fn clear(&self) {
+        self.0[0].store(0, Ordering::Release);
+    }
+
+    fn read(&self) -> Option<Build> {
+        let len = (self.0[0].load(Ordering::Acquire) as usize).min((BUILD_WORDS - 1) * 8);
+        let mut bytes: Vec<u8> = self.0[1..]
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .collect();
+        bytes.truncate(len);
+        Build::decode(&bytes)
+    }
 }
 
 #[repr(C)]
@@ -71,10 +112,12 @@ pub struct Region {
 }
 
 /// One live process's entry, for per-process metrics.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LiveProcess {
     pub pid: u32,
     pub worker: u64,
+    /// Its release, once it has written it (not yet, as it starts).
+    pub build: Option<Build>,
 }
 
 /// A consistent reading of the region.
@@ -83,6 +126,8 @@ pub struct Reading {
     pub pool_queued: u64,
     pub pool_busy: u64,
     pub live: Vec<LiveProcess>,
+    /// The release of the supervisor (or single process).
+    pub own_build: Option<Build>,
     pub supervisor_pid: Option<u32>,
     pub workers_alive: u64,
     /// The supervisor's phase code and serving generation.
@@ -177,9 +222,28 @@ impl Region {
                 .is_ok()
                 && {
                     h.slot_worker[i].store(worker, Ordering::Relaxed);
+                    h.slot_build[i].clear();
                     true
                 }
         })
+    }
+
+    /// Records the release the process in `index` runs (by that process).
+    pub fn set_build(&self, index: usize, build: &Build) {
+        self.layout.header.slot_build[index].write(build);
+    }
+
+    /// Records the release of the supervisor or single process (by itself).
+    pub fn set_own_build(&self, build: &Build) {
+        self.layout.header.own_build.write(build);
+    }
+
+    /// The release the process with this pid wrote, if it is live and did.
+    pub fn build_of(&self, pid: u32) -> Option<Build> {
+        let h = &self.layout.header;
+        (0..MAX_SLOTS)
+            .find(|&i| h.slot_pid[i].load(Ordering::Acquire) == pid as u64)
+            .and_then(|i| h.slot_build[i].read())
     }
 
     /// Records the pid that now writes into `index`.
@@ -251,6 +315,7 @@ impl Region {
                     live.push(LiveProcess {
                         pid: pid as u32,
                         worker: h.slot_worker[i].load(Ordering::Relaxed),
+                        build: h.slot_build[i].read(),
                     });
                 }
             }
@@ -264,6 +329,7 @@ impl Region {
                 pool_queued: queued,
                 pool_busy: busy,
                 live,
+                own_build: h.own_build.read(),
                 supervisor_pid: (sup != 0).then_some(sup),
                 workers_alive: h.workers_alive.load(Ordering::Relaxed),
                 supervisor_phase: h.supervisor_phase.load(Ordering::Acquire),
@@ -326,5 +392,32 @@ mod tests {
             .slot(i)
             .add_pool_rejected(crate::metrics::ShedReason::Memory);
         assert_eq!(r.slot(i).pool_rejected(), 1);
+    }
+
+    #[test]
+    fn each_process_records_its_own_release() {
+        let r = Region::create().unwrap();
+        let a = r.claim(1).unwrap();
+        r.set_pid(a, 10);
+        assert_eq!(r.build_of(10), None, "not written yet");
+        let long = Build {
+            version: "1.2.3-rc.4+a-very-long-build-metadata-string".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        };
+        r.set_build(a, &long);
+        assert_eq!(r.build_of(10), Some(long));
+        r.set_own_build(&Build::own());
+        let reading = r.read();
+        assert_eq!(reading.own_build, Some(Build::own()));
+        assert_eq!(
+            reading.live[0].build.as_ref().unwrap().version,
+            "1.2.3-rc.4+a-very-long-build-metadata-string"
+        );
+        // A reused slot does not inherit the last process's release.
+        r.release(a);
+        let b = r.claim(1).unwrap();
+        assert_eq!(a, b);
+        r.set_pid(b, 11);
+        assert_eq!(r.build_of(11), None);
     }
 }

@@ -11,6 +11,7 @@ use super::{
     BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, SHED_REASONS, STATUSES, ShedReason,
     ix,
 };
+use crate::build_info::Build;
 use crate::supervisor::state::Phase;
 
 /// Thread settings of each process, reported as gauges.
@@ -26,8 +27,18 @@ pub struct Snapshot {
     reading: Reading,
     pool: PoolConfig,
     /// Supervisor (or the single process) first, then workers by id.
-    processes: Vec<(Option<u64>, u32, ProcessStats)>,
+    processes: Vec<Proc>,
     uptime_seconds: f64,
+}
+
+/// One process of the scrape.
+struct Proc {
+    /// None for the supervisor or the single process.
+    worker: Option<u64>,
+    pid: u32,
+    stats: ProcessStats,
+    /// The release it runs, as it recorded it itself.
+    build: Option<Build>,
 }
 
 fn status_label(s: usize) -> String {
@@ -39,20 +50,24 @@ fn status_label(s: usize) -> String {
 impl Snapshot {
     pub fn collect(region: &Region, pool: PoolConfig) -> Snapshot {
         let reading = region.read();
-        let mut processes = Vec::new();
-        match reading.supervisor_pid {
-            Some(pid) => {
-                processes.push((None, pid, process::read(pid)));
-                let mut live = reading.live.clone();
-                live.sort_by_key(|p| (p.worker, p.pid));
-                for p in live {
-                    processes.push((Some(p.worker), p.pid, process::read(p.pid)));
-                }
-            }
-            // Single process: it is the only one, reported unlabelled.
-            None => {
-                let pid = std::process::id();
-                processes.push((None, pid, process::read(pid)));
+        // The supervisor, or a single process: the only one, unlabelled.
+        let pid = reading.supervisor_pid.unwrap_or_else(std::process::id);
+        let mut processes = vec![Proc {
+            worker: None,
+            pid,
+            stats: process::read(pid),
+            build: reading.own_build.clone(),
+        }];
+        if reading.supervisor_pid.is_some() {
+            let mut live = reading.live.clone();
+            live.sort_by_key(|p| (p.worker, p.pid));
+            for p in live {
+                processes.push(Proc {
+                    worker: Some(p.worker),
+                    pid: p.pid,
+                    stats: process::read(p.pid),
+                    build: p.build,
+                });
             }
         }
         let now_ms = std::time::SystemTime::now()
@@ -323,17 +338,26 @@ impl Snapshot {
         ];
         for (name, kind, help, field) in families {
             header(o, name, kind, help);
-            for (worker, pid, stats) in &self.processes {
-                let Some(v) = field(stats) else { continue };
-                match worker {
-                    None => {
-                        let _ = writeln!(o, "{name} {v}");
-                    }
-                    Some(w) => {
-                        let _ = writeln!(o, "{name}{{worker=\"{w}\",pid=\"{pid}\"}} {v}");
-                    }
-                }
+            for p in &self.processes {
+                let Some(v) = field(&p.stats) else { continue };
+                let _ = writeln!(o, "{name}{} {v}", p.labels(""));
             }
+        }
+        header(
+            o,
+            "hashpress_build_info",
+            "gauge",
+            "Always 1: the release each process runs (crate version, git commit), as it \
+             reported it itself; during a rolling reload both releases are listed.",
+        );
+        for p in &self.processes {
+            let Some(b) = &p.build else { continue };
+            let build = format!(
+                "version=\"{}\",commit=\"{}\"",
+                escape(&b.version),
+                escape(&b.commit)
+            );
+            let _ = writeln!(o, "hashpress_build_info{} 1", p.labels(&build));
         }
         out
     }
@@ -379,15 +403,19 @@ impl Snapshot {
         let processes: Vec<Value> = self
             .processes
             .iter()
-            .map(|(worker, pid, s)| {
-                let role = match (worker, self.reading.supervisor_pid) {
+            .map(|p| {
+                let role = match (p.worker, self.reading.supervisor_pid) {
                     (Some(_), _) => "worker",
                     (None, Some(_)) => "supervisor",
                     (None, None) => "single",
                 };
+                let s = &p.stats;
                 json!({
-                    "role": role, "worker": worker, "pid": pid,
+                    "role": role, "worker": p.worker, "pid": p.pid,
                     "cpu_seconds": s.cpu_seconds, "rss_bytes": s.rss_bytes, "open_fds": s.open_fds,
+                    // null until the process has recorded its release.
+                    "version": p.build.as_ref().map(|b| &b.version),
+                    "commit": p.build.as_ref().map(|b| &b.commit),
                 })
             })
             .collect();
@@ -442,6 +470,26 @@ impl Snapshot {
     }
 }
 
+impl Proc {
+    /// `{worker="N",pid="P",extra}` for a worker, `{extra}` or nothing for
+    /// the supervisor or single process.
+    fn labels(&self, extra: &str) -> String {
+        match (self.worker, extra.is_empty()) {
+            (Some(w), true) => format!("{{worker=\"{w}\",pid=\"{}\"}}", self.pid),
+            (Some(w), false) => format!("{{worker=\"{w}\",pid=\"{}\",{extra}}}", self.pid),
+            (None, true) => String::new(),
+            (None, false) => format!("{{{extra}}}"),
+        }
+    }
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -483,6 +531,29 @@ mod tests {
             text.contains("hashpress_processed_bytes_total{op=\"hash\",direction=\"in\"} 15\n")
         );
         assert!(text.contains("\nprocess_resident_memory_bytes "));
+        assert!(
+            !text.contains("hashpress_build_info{"),
+            "no release recorded, none reported"
+        );
+        r.set_own_build(&crate::build_info::Build::own());
+        let snap2 = Snapshot::collect(
+            r,
+            PoolConfig {
+                threads: 2,
+                queue_capacity: 8,
+                io_threads: 1,
+            },
+        );
+        let want = format!(
+            "\nhashpress_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
+            crate::build_info::VERSION,
+            crate::build_info::COMMIT
+        );
+        assert!(snap2.to_prometheus().contains(&want));
+        assert_eq!(
+            snap2.to_json()["processes"][0]["version"],
+            crate::build_info::VERSION
+        );
         let j = snap.to_json();
         assert_eq!(j["bytes"]["hash_in"], 15);
         assert_eq!(j["latency"][0]["count"], 3);

@@ -15,6 +15,7 @@
 
 pub mod backoff;
 pub mod child;
+pub mod exe;
 pub mod listener;
 pub mod notify;
 pub mod state;
@@ -54,11 +55,29 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Decided now, while argv[0] and the start directory mean what they did
+    // when we were started.
+    let reload_exe = match exe::reload_path(args.reload_exe.as_deref()) {
+        Ok(p) => p,
+        // Still serve: reloads then follow an in-place replace only.
+        Err(e) => match std::env::current_exe() {
+            Ok(p) => {
+                tracing::warn!(error = %e, exe = %p.display(), "reloads will run the file this process runs");
+                p
+            }
+            Err(e2) => {
+                eprintln!("hashpress: {e}; and cannot read /proc/self/exe: {e2}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let addr = listener.local_addr().map_or(args.listen, |a| a);
     tracing::info!(
         workers = args.workers,
         socket = ?origin,
         pid = std::process::id(),
+        version = crate::build_info::LONG,
+        reload_exe = %reload_exe.display(),
         "supervisor listening on http://{addr}"
     );
     // One thread: the parent-death signal of every worker is tied to the
@@ -81,6 +100,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     metrics.set_supervisor_pid(std::process::id());
+    metrics.set_own_build(&crate::build_info::Build::own());
     let (tx, rx) = mpsc::unbounded_channel();
     let state = State::new(Config {
         workers: args.workers,
@@ -88,6 +108,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         ready_timeout: args.ready_timeout,
         max_rss: args.max_worker_rss.get(),
         exe: PathBuf::from("/proc/self/exe"),
+        reload_exe,
     });
     let sup = Executor {
         state,
@@ -145,7 +166,8 @@ impl Executor {
             );
             let event = tokio::select! {
                 Some(ev) = events.recv() => match ev {
-                    WorkerEvent::Ready { pid } => Event::Ready { pid },
+                    // The release the worker recorded before it said ready.
+                    WorkerEvent::Ready { pid } => Event::Ready { pid, build: self.metrics.build_of(pid) },
                     WorkerEvent::Exited { pid, status } => Event::Exited {
                         pid,
                         status: status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string()),
@@ -154,7 +176,7 @@ impl Executor {
                 _ = term.recv() => Event::Stop { signal: "SIGTERM" },
                 _ = int.recv() => Event::Stop { signal: "SIGINT" },
                 _ = quit.recv() => Event::FastStop,
-                _ = hup.recv() => Event::Reload { exe: on_disk_exe().map_err(|e| e.to_string()) },
+                _ = hup.recv() => Event::Reload,
                 _ = tokio::time::sleep_until(wake) => Event::Tick,
             };
             self.apply(event);
@@ -269,17 +291,4 @@ impl Executor {
 fn send(pid: u32, sig: libc::c_int) {
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(pid as libc::pid_t, sig) };
-}
-
-/// The path of the binary as it is on disk now. After an upgrade replaced
-/// the file, the kernel reports the running (old) one as "PATH (deleted)":
-/// the new file is at PATH.
-fn on_disk_exe() -> std::io::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let s = exe.as_os_str().as_encoded_bytes();
-    Ok(match s.strip_suffix(b" (deleted)") {
-        // SAFETY: a prefix of valid OsStr bytes ending at an ASCII boundary.
-        Some(p) => PathBuf::from(unsafe { OsString::from_encoded_bytes_unchecked(p.to_vec()) }),
-        None => exe,
-    })
 }

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::backoff::Backoff;
+use crate::build_info::Build;
 use crate::metrics::region::RestartReason;
 
 /// A worker told to drain gets `--grace` to do so by itself; past this
@@ -82,8 +83,13 @@ pub struct Config {
     pub grace: Duration,
     pub ready_timeout: Duration,
     pub max_rss: Option<u64>,
-    /// The binary of the first generation.
+    /// The binary of the first generation: the very file this supervisor
+    /// runs (`/proc/self/exe`), so the first workers match it exactly.
     pub exe: PathBuf,
+    /// The binary every reload starts: the path the supervisor was invoked
+    /// by, or `--reload-exe`. A path, not a file: it is looked at again on
+    /// each reload, so it finds whatever release was put there since.
+    pub reload_exe: PathBuf,
 }
 
 /// Which generation a spawn is for.
@@ -126,9 +132,11 @@ pub enum Event {
         spawn: SpawnRef,
         error: String,
     },
-    /// A worker wrote its ready line.
+    /// A worker wrote its ready line; `build` is the release it recorded
+    /// (None from a release that does not record one).
     Ready {
         pid: u32,
+        build: Option<Build>,
     },
     /// A worker was reaped.
     Exited {
@@ -141,10 +149,8 @@ pub enum Event {
     },
     /// SIGQUIT: kill every worker now.
     FastStop,
-    /// SIGHUP, with the binary now on disk (or why it could not be found).
-    Reload {
-        exe: Result<PathBuf, String>,
-    },
+    /// SIGHUP: start a new generation from `Config::reload_exe`.
+    Reload,
     /// The memory of the workers `Action::ReadRss` named, in bytes.
     Rss(Vec<(u32, u64)>),
     /// Time passed: a deadline of `next_deadline` came.
@@ -192,6 +198,11 @@ pub enum Action {
     Notify(Notice),
 }
 
+/// How a reported release is logged.
+fn release(build: Option<&Build>) -> String {
+    build.map_or_else(|| "unknown (not reported)".to_string(), Build::to_string)
+}
+
 fn signal(pid: u32, signal: Signal) -> Action {
     Action::Signal { pid, signal }
 }
@@ -205,6 +216,8 @@ struct Proc {
     state: WorkerState,
     started: Instant,
     ready_at: Option<Instant>,
+    /// The release it reported when ready.
+    build: Option<Build>,
     /// When to SIGKILL it if it is still alive (set when it is told to drain).
     kill_at: Option<Instant>,
 }
@@ -301,11 +314,11 @@ impl State {
                 metrics_slot,
             } => self.on_spawned(spawn, pid, metrics_slot, now),
             Event::SpawnFailed { spawn, error } => self.on_spawn_failed(spawn, &error, now),
-            Event::Ready { pid } => self.on_ready(pid, now),
+            Event::Ready { pid, build } => self.on_ready(pid, build, now),
             Event::Exited { pid, status } => self.on_exit(pid, &status, now),
             Event::Stop { signal } => self.on_stop_signal(signal, now),
             Event::FastStop => self.fast_stop("SIGQUIT"),
-            Event::Reload { exe } => self.reload(exe),
+            Event::Reload => self.reload(),
             Event::Rss(readings) => self.on_rss(&readings, now),
             Event::Tick => {}
         }
@@ -392,6 +405,7 @@ impl State {
                 state,
                 started: now,
                 ready_at: None,
+                build: None,
                 kill_at: None,
             },
         );
@@ -431,7 +445,7 @@ impl State {
         }
     }
 
-    fn on_ready(&mut self, pid: u32, now: Instant) {
+    fn on_ready(&mut self, pid: u32, build: Option<Build>, now: Instant) {
         // A worker told to stop before it got ready stays stopping.
         let Some(p) = self
             .procs
@@ -447,9 +461,11 @@ impl State {
             worker = slot + 1,
             pid,
             generation = gen_id,
+            version = %release(build.as_ref()),
             startup_ms = now.duration_since(p.started).as_millis() as u64,
             "worker ready"
         );
+        p.build = build;
         if gen_id == self.current.id {
             let s = &mut self.current.slots[slot];
             if s.replacement == Some(pid) {
@@ -477,6 +493,20 @@ impl State {
         {
             self.finish_reload(now);
         }
+    }
+
+    /// The releases the live workers of generation `id` reported, distinct,
+    /// joined: one unless the file changed while they were starting.
+    fn releases(&self, id: u64) -> String {
+        let mut seen: Vec<String> = self
+            .procs
+            .values()
+            .filter(|p| p.generation == id)
+            .map(|p| release(p.build.as_ref()))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen.join(", ")
     }
 
     fn all_ready(&self, g: &Generation) -> bool {
@@ -556,8 +586,8 @@ impl State {
         }
     }
 
-    /// SIGHUP: start a new generation from the binary on disk now.
-    fn reload(&mut self, exe: Result<PathBuf, String>) {
+    /// SIGHUP: start a new generation from the reload path.
+    fn reload(&mut self) {
         if self.phase != Phase::Ready {
             tracing::warn!(phase = ?self.phase, "SIGHUP ignored: reload only once every worker has been ready");
             return;
@@ -566,13 +596,8 @@ impl State {
             tracing::warn!("SIGHUP ignored: a reload is already in progress");
             return;
         }
-        let exe = match exe {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed: cannot locate the binary; keeping the current workers");
-                return;
-            }
-        };
+        // A path that names nothing now fails the spawn, which rolls back.
+        let exe = self.cfg.reload_exe.clone();
         let id = self.current.id + 1;
         tracing::info!(generation = id, exe = %exe.display(), "SIGHUP: reloading");
         self.out.push(Action::Notify(Notice::Reloading));
@@ -592,14 +617,21 @@ impl State {
             .filter(|(_, p)| p.generation != next.id && p.state != WorkerState::Draining)
             .map(|(&pid, _)| pid)
             .collect();
-        tracing::info!(generation = next.id, retiring = ?old, "reload: new workers ready; draining the old ones");
+        let version = self.releases(next.id);
+        tracing::info!(
+            generation = next.id,
+            exe = %next.exe.display(),
+            version,
+            retiring = ?old,
+            "reload: new workers ready; draining the old ones"
+        );
         for pid in old {
             self.out.push(Action::Restart(RestartReason::Reload));
             self.retire(pid, now);
         }
         self.current = next;
         let msg = format!(
-            "{} workers ready (generation {})",
+            "{} workers ready (generation {}: {version})",
             self.cfg.workers, self.current.id
         );
         self.out.push(Action::Notify(Notice::Ready(msg)));
@@ -790,6 +822,31 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(5);
     const READY_TIMEOUT: Duration = Duration::from_secs(3);
+    const FIRST_EXE: &str = "/proc/self/exe";
+    const RELOAD_EXE: &str = "/srv/app/current/hashpress";
+
+    fn ready(pid: u32) -> Event {
+        Event::Ready { pid, build: None }
+    }
+
+    fn ready_as(pid: u32, version: &str) -> Event {
+        let build = Some(Build {
+            version: version.into(),
+            commit: "abc".into(),
+        });
+        Event::Ready { pid, build }
+    }
+
+    /// The binaries the spawns among `actions` run.
+    fn exes(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { exe, .. } => exe.to_str(),
+                _ => None,
+            })
+            .collect()
+    }
 
     /// The state with a fake executor: spawns get pids 100, 101, … (or fail
     /// while `fail_spawns` says so), and every action is recorded.
@@ -807,7 +864,8 @@ mod tests {
                 grace: GRACE,
                 ready_timeout: READY_TIMEOUT,
                 max_rss,
-                exe: PathBuf::from("/proc/self/exe"),
+                exe: PathBuf::from(FIRST_EXE),
+                reload_exe: PathBuf::from(RELOAD_EXE),
             });
             Sim {
                 st,
@@ -856,7 +914,7 @@ mod tests {
             let mut sim = Sim::new(workers, max_rss);
             sim.send(Event::Start);
             for pid in 100..100 + workers as u32 {
-                sim.send(Event::Ready { pid });
+                sim.send(ready(pid));
             }
             assert_eq!(sim.st.phase(), Phase::Ready);
             sim
@@ -898,12 +956,12 @@ mod tests {
         let a = sim.send(Event::Start);
         assert_eq!(spawns(&a).len(), 2);
         assert_eq!(sim.st.phase(), Phase::Starting);
-        let a = sim.send(Event::Ready { pid: 100 });
+        let a = sim.send(ready(100));
         assert!(
             !a.iter()
                 .any(|a| matches!(a, Action::Notify(Notice::Ready(_))))
         );
-        let a = sim.send(Event::Ready { pid: 101 });
+        let a = sim.send(ready(101));
         assert!(has(
             &a,
             &Action::Notify(Notice::Ready("2 workers ready".into()))
@@ -938,10 +996,7 @@ mod tests {
     #[test]
     fn a_reload_replaces_the_generation_once_all_new_workers_are_ready() {
         let mut sim = Sim::ready(2, None);
-        let exe = PathBuf::from("/usr/local/bin/hashpress");
-        let a = sim.send(Event::Reload {
-            exe: Ok(exe.clone()),
-        });
+        let a = sim.send(Event::Reload);
         assert!(has(&a, &Action::Notify(Notice::Reloading)));
         let new = spawns(&a);
         assert_eq!(new.len(), 2);
@@ -949,16 +1004,21 @@ mod tests {
             new.iter()
                 .all(|s| s.which == Which::Next && s.generation == 1)
         );
-        assert!(
-            a.iter()
-                .all(|a| !matches!(a, Action::Spawn { exe: e, .. } if *e != exe))
-        );
+        // The path the supervisor was invoked by, not the file it runs.
+        assert_eq!(exes(&a), [RELOAD_EXE, RELOAD_EXE]);
         assert_eq!(sim.st.phase(), Phase::Reloading);
         // A second SIGHUP meanwhile is ignored.
-        assert!(spawns(&sim.send(Event::Reload { exe: Ok(exe) })).is_empty());
-        assert!(signalled(&sim.send(Event::Ready { pid: 102 }), Signal::Term).is_empty());
-        let a = sim.send(Event::Ready { pid: 103 });
+        assert!(spawns(&sim.send(Event::Reload)).is_empty());
+        assert!(signalled(&sim.send(ready_as(102, "2.0.0")), Signal::Term).is_empty());
+        let a = sim.send(ready_as(103, "2.0.0"));
         assert_eq!(signalled(&a, Signal::Term), [100, 101]);
+        // systemd's status names the release now serving.
+        assert!(has(
+            &a,
+            &Action::Notify(Notice::Ready(
+                "2 workers ready (generation 1: 2.0.0 (commit abc))".into()
+            ))
+        ));
         let reloads = a
             .iter()
             .filter(|a| **a == Action::Restart(RestartReason::Reload));
@@ -970,21 +1030,45 @@ mod tests {
         assert!(spawns(&sim.after(Duration::from_secs(60))).is_empty());
         // Still there after the grace period: killed.
         let mut sim = Sim::ready(1, None);
-        sim.send(Event::Reload {
-            exe: Ok("/x".into()),
-        });
-        sim.send(Event::Ready { pid: 101 });
+        sim.send(Event::Reload);
+        sim.send(ready(101));
         assert!(signalled(&sim.after(GRACE), Signal::Kill).is_empty());
         assert_eq!(signalled(&sim.after(KILL_MARGIN), Signal::Kill), [100]);
+    }
+
+    #[test]
+    fn a_restart_runs_the_binary_of_its_generation() {
+        let mut sim = Sim::ready(1, None);
+        sim.exit(100);
+        let a = sim.after(Duration::from_millis(100));
+        assert_eq!(exes(&a), [FIRST_EXE], "a crash before any reload");
+        sim.send(ready(101));
+        assert_eq!(exes(&sim.send(Event::Reload)), [RELOAD_EXE]);
+        sim.send(ready_as(102, "2.0.0"));
+        assert_eq!(sim.st.generation(), 1);
+        sim.exit(101);
+        sim.exit(102);
+        let a = sim.after(Duration::from_secs(1));
+        assert_eq!(exes(&a), [RELOAD_EXE], "a crash after the reload");
+        // A generation whose workers report different releases (the file
+        // changed while they started) says so.
+        let mut sim = Sim::ready(2, None);
+        sim.send(Event::Reload);
+        sim.send(ready_as(102, "2.0.0"));
+        let a = sim.send(ready_as(103, "2.0.1"));
+        assert!(has(
+            &a,
+            &Action::Notify(Notice::Ready(
+                "2 workers ready (generation 1: 2.0.0 (commit abc), 2.0.1 (commit abc))".into()
+            ))
+        ));
     }
 
     #[test]
     fn a_failed_reload_rolls_back_to_the_serving_generation() {
         // A new worker dies before it is ready: the others are killed.
         let mut sim = Sim::ready(2, None);
-        sim.send(Event::Reload {
-            exe: Ok("/x".into()),
-        });
+        sim.send(Event::Reload);
         let a = sim.exit(102);
         assert_eq!(signalled(&a, Signal::Kill), [103]);
         assert!(
@@ -1000,38 +1084,24 @@ mod tests {
         assert!(spawns(&sim.after(Duration::from_secs(60))).is_empty());
 
         // Not ready in time: a ready one drains, the starting one is killed.
-        sim.send(Event::Reload {
-            exe: Ok("/x".into()),
-        });
-        sim.send(Event::Ready { pid: 104 });
+        sim.send(Event::Reload);
+        sim.send(ready(104));
         let a = sim.after(READY_TIMEOUT);
         assert_eq!(signalled(&a, Signal::Term), [104]);
         assert_eq!(signalled(&a, Signal::Kill), [105]);
         assert_eq!((sim.st.phase(), sim.st.generation()), (Phase::Ready, 0));
 
-        // A binary that cannot be found, or cannot be started: nothing changes.
-        assert!(
-            sim.send(Event::Reload {
-                exe: Err("gone".into())
-            })
-            .is_empty()
-        );
+        // A binary that cannot be started (say the path names nothing now):
+        // nothing changes.
         sim.fail_spawns = true;
-        let a = sim.send(Event::Reload {
-            exe: Ok("/x".into()),
-        });
+        let a = sim.send(Event::Reload);
         assert_eq!(spawns(&a).len(), 2, "{a:?}");
         assert_eq!(sim.next_pid, 106, "a spawn of a given-up reload was made");
         assert_eq!((sim.st.phase(), sim.st.generation()), (Phase::Ready, 0));
         // SIGHUP is ignored until the first generation is ready.
         let mut sim = Sim::new(1, None);
         sim.send(Event::Start);
-        assert!(
-            spawns(&sim.send(Event::Reload {
-                exe: Ok("/x".into())
-            }))
-            .is_empty()
-        );
+        assert!(spawns(&sim.send(Event::Reload)).is_empty());
     }
 
     #[test]
@@ -1046,7 +1116,7 @@ mod tests {
         assert_eq!((new[0].slot, new[0].role), (0, Role::Replacement));
         // The replacement is starting: no second one, and 100 is not read.
         assert!(has(&sim.after(RSS_POLL), &Action::ReadRss(vec![101])));
-        let a = sim.send(Event::Ready { pid: 102 });
+        let a = sim.send(ready(102));
         assert_eq!(signalled(&a, Signal::Term), [100]);
         assert_eq!(sim.st.current.slots[0].primary, Some(102));
         let a = sim.exit(100);
@@ -1081,7 +1151,7 @@ mod tests {
         let a = sim.exit(100);
         assert!(has(&a, &Action::Restart(RestartReason::Crash)));
         assert_eq!(spawns(&sim.after(Duration::from_millis(100))).len(), 1);
-        sim.send(Event::Ready { pid: 101 });
+        sim.send(ready(101));
         assert_eq!(sim.st.phase(), Phase::Ready);
     }
 

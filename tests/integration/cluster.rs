@@ -17,10 +17,10 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_hashpress");
 
 /// A supervisor with its workers; killed (with them) when dropped.
-struct Cluster {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+pub(crate) struct Cluster {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Cluster {
@@ -40,7 +40,7 @@ impl Cluster {
         Cluster::spawn(cmd)
     }
 
-    fn spawn(cmd: Command) -> Cluster {
+    pub(crate) fn spawn(cmd: Command) -> Cluster {
         let (child, addr, log) = crate::helpers::spawn_listening(cmd);
         let c = Cluster { child, addr, log };
         c.wait_phase("ready", 0, Duration::from_secs(15));
@@ -50,7 +50,7 @@ impl Cluster {
     /// Waits until the supervisor publishes `phase` with `generation`
     /// serving (`workers` in `/metrics.json`): the state itself, not a log
     /// line about it.
-    fn wait_phase(&self, phase: &str, generation: u64, limit: Duration) {
+    pub(crate) fn wait_phase(&self, phase: &str, generation: u64, limit: Duration) {
         let end = Instant::now() + limit;
         let mut seen = Value::Null;
         while Instant::now() < end {
@@ -69,18 +69,18 @@ impl Cluster {
         );
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.pid(), sig) };
     }
 
     /// The supervisor's own JSON log records (worker lines carry a "worker"
     /// field first and are included too).
-    fn records(&self) -> Vec<Value> {
+    pub(crate) fn records(&self) -> Vec<Value> {
         self.log
             .lock()
             .unwrap()
@@ -97,7 +97,7 @@ impl Cluster {
     }
 
     /// Waits for a record matching `f`; panics with the log on timeout.
-    fn wait_log(&self, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_log(&self, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
         let end = Instant::now() + limit;
         while Instant::now() < end {
             if let Some(v) = self.records().into_iter().find(&f) {
@@ -112,7 +112,7 @@ impl Cluster {
     }
 
     /// Pids that the supervisor reported ready, with their generation.
-    fn ready_pids(&self) -> Vec<(u32, u64)> {
+    pub(crate) fn ready_pids(&self) -> Vec<(u32, u64)> {
         self.records()
             .iter()
             .filter(|v| v["message"] == "worker ready")
@@ -126,11 +126,11 @@ impl Cluster {
     }
 
     /// Live direct children of the supervisor, read from /proc.
-    fn children(&self) -> Vec<i32> {
+    pub(crate) fn children(&self) -> Vec<i32> {
         children_of(self.pid())
     }
 
-    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + limit;
         while Instant::now() < end {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -173,10 +173,10 @@ fn children_of(parent: i32) -> Vec<i32> {
 }
 
 /// A parsed HTTP response.
-struct Resp {
-    status: u16,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
     close: bool,
-    worker_pid: Option<u32>,
+    pub(crate) worker_pid: Option<u32>,
     body: Vec<u8>,
 }
 
@@ -221,7 +221,7 @@ fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
 }
 
 /// One request on a fresh connection.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
@@ -233,23 +233,25 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
 
 /// Counts from a load run.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     ok: AtomicU64,
     non_2xx: AtomicU64,
     errors: AtomicU64,
+    /// Slowest request (connect included when it opened a connection), µs.
+    pub(crate) max_latency_us: AtomicU64,
 }
 
 /// `clients` keep-alive connections posting "hello" to /hash in a loop, as
 /// wrk does: reconnect when told `Connection: close`, count an error when a
 /// connection fails instead.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
+    pub(crate) tally: Arc<Tally>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(addr: SocketAddr, clients: usize) -> Load {
+    pub(crate) fn start(addr: SocketAddr, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let threads = (0..clients)
@@ -258,6 +260,7 @@ impl Load {
                 thread::spawn(move || {
                     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
                     while !stop.load(Ordering::Relaxed) {
+                        let began = Instant::now();
                         if conn.is_none() {
                             match TcpStream::connect(addr) {
                                 Ok(s) => {
@@ -278,6 +281,8 @@ impl Load {
                                 b"POST /hash HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
                             )
                             .and_then(|()| read_resp(r));
+                        let took = began.elapsed().as_micros() as u64;
+                        tally.max_latency_us.fetch_max(took, Ordering::Relaxed);
                         match res {
                             Ok(resp) => {
                                 if (200..300).contains(&resp.status) {
@@ -310,7 +315,7 @@ impl Load {
     }
 
     /// Stops and returns (ok, non-2xx, errors).
-    fn finish(self) -> (u64, u64, u64) {
+    pub(crate) fn finish(self) -> (u64, u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().unwrap();
@@ -584,18 +589,10 @@ fn a_new_generation_that_cannot_start_leaves_the_old_one_serving() {
     assert_eq!(get(c.addr, "/healthz").unwrap().status, 200);
 }
 
-#[test]
-fn socket_activation_and_sd_notify() {
+/// `hashpress serve --workers 2` given `listener` the way systemd does:
+/// as fd 3, with `LISTEN_FDS=1` and `LISTEN_PID` naming the process.
+pub(crate) fn activated(listener: &std::net::TcpListener, root: &Path) -> Command {
     use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixDatagram;
-    let dir = tempfile::tempdir().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
     let fd = listener.as_raw_fd();
     // The shell sets LISTEN_PID to its own pid, which exec keeps: just what
     // systemd does between fork and exec.
@@ -613,8 +610,7 @@ fn socket_activation_and_sd_notify() {
         "127.0.0.1:1", // must be ignored in favour of the inherited socket
         "--root",
     ])
-    .arg(dir.path())
-    .env("NOTIFY_SOCKET", &notify_path);
+    .arg(root);
     // SAFETY: dup2 and fcntl only, between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -631,6 +627,22 @@ fn socket_activation_and_sd_notify() {
         });
     }
     crate::helpers::clean_env(&mut cmd);
+    cmd
+}
+
+#[test]
+fn socket_activation_and_sd_notify() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut cmd = activated(&listener, dir.path());
+    cmd.env("NOTIFY_SOCKET", &notify_path);
     let c = Cluster::spawn(cmd);
     assert_eq!(c.addr, addr, "serves on the socket it was given");
     drop(listener);

@@ -83,11 +83,13 @@ fn help_explains_every_flag_with_its_default() {
         "--config",
         "--header-read-timeout",
         "--body-read-timeout",
+        "--reload-exe",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
     assert!(help.contains("[default: 127.0.0.1:3000]"));
     assert!(help.contains("HASHPRESS_POOL_THREADS"));
+    assert!(help.contains("HASHPRESS_RELOAD_EXE"));
     let top = std::process::Command::new(BIN)
         .arg("--help")
         .output()

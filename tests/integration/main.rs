@@ -15,3 +15,4 @@ mod shedding;
 mod streaming;
 mod strict_http;
 mod trees;
+mod upgrade;
