@@ -18,7 +18,7 @@ use super::{Slot, ix};
 /// generation during a reload.
 pub const MAX_SLOTS: usize = 128;
 
-const MAGIC: u64 = 0x6873_7072_6573_7332; // "hspress2": bump when `Layout` changes
+const MAGIC: u64 = 0x6873_7072_6573_7333; // "hspress3": bump when `Layout` changes
 /// A slot claimed by the supervisor whose process has no pid yet.
 const RESERVED: u64 = u64::MAX;
 
@@ -75,6 +75,9 @@ pub struct Region {
 pub struct LiveProcess {
     pub pid: u32,
     pub worker: u64,
+    /// Requests it answered, connections it holds open.
+    pub requests: u64,
+    pub connections_open: u64,
 }
 
 /// A consistent reading of the region.
@@ -199,6 +202,14 @@ impl Region {
         h.slot_pid[index].store(0, Ordering::Release);
     }
 
+    /// The slots of the other live processes (not `mine`), for the accept gate.
+    pub fn peers(&self, mine: usize) -> impl Iterator<Item = &'static Slot> {
+        let layout = self.layout;
+        (0..MAX_SLOTS)
+            .filter(move |&i| i != mine && layout.header.slot_pid[i].load(Ordering::Relaxed) != 0)
+            .map(move |i| &layout.slots[i])
+    }
+
     pub fn set_supervisor_pid(&self, pid: u32) {
         self.layout
             .header
@@ -251,6 +262,8 @@ impl Region {
                     live.push(LiveProcess {
                         pid: pid as u32,
                         worker: h.slot_worker[i].load(Ordering::Relaxed),
+                        requests: slot.requests_total(),
+                        connections_open: slot.connections_open(),
                     });
                 }
             }
