@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use super::process::{self, ProcessStats};
-use super::region::{RESTART_REASONS, Reading, Region};
+use super::region::{LiveProcess, RESTART_REASONS, Reading, Region};
 use super::{
     BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, SHED_REASONS, STATUSES, ShedReason,
     ix,
@@ -27,6 +27,9 @@ pub struct Snapshot {
     pool: PoolConfig,
     /// Supervisor (or the single process) first, then workers by id.
     processes: Vec<(Option<u64>, u32, ProcessStats)>,
+    /// Per serving process (workers by id, or the single process): its
+    /// requests and open connections, to show how the work is split.
+    serving: Vec<(Option<u64>, LiveProcess)>,
     uptime_seconds: f64,
 }
 
@@ -40,21 +43,23 @@ impl Snapshot {
     pub fn collect(region: &Region, pool: PoolConfig) -> Snapshot {
         let reading = region.read();
         let mut processes = Vec::new();
-        match reading.supervisor_pid {
+        let mut live = reading.live.clone();
+        live.sort_by_key(|p| (p.worker, p.pid));
+        let serving: Vec<(Option<u64>, LiveProcess)> = match reading.supervisor_pid {
             Some(pid) => {
                 processes.push((None, pid, process::read(pid)));
-                let mut live = reading.live.clone();
-                live.sort_by_key(|p| (p.worker, p.pid));
-                for p in live {
+                for p in &live {
                     processes.push((Some(p.worker), p.pid, process::read(p.pid)));
                 }
+                live.into_iter().map(|p| (Some(p.worker), p)).collect()
             }
             // Single process: it is the only one, reported unlabelled.
             None => {
                 let pid = std::process::id();
                 processes.push((None, pid, process::read(pid)));
+                live.into_iter().map(|p| (None, p)).collect()
             }
-        }
+        };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -63,6 +68,7 @@ impl Snapshot {
             reading,
             pool,
             processes,
+            serving,
             uptime_seconds,
         }
     }
@@ -303,6 +309,33 @@ impl Snapshot {
             "Seconds since the service (supervisor) started.",
         );
         let _ = writeln!(o, "hashpress_uptime_seconds {}", self.uptime_seconds);
+        for (name, kind, help, field) in [
+            (
+                "hashpress_worker_requests_total",
+                "counter",
+                "Requests answered by each serving process: how the work is split.",
+                (|p| p.requests) as fn(&LiveProcess) -> u64,
+            ),
+            (
+                "hashpress_connections_open",
+                "gauge",
+                "Client connections each serving process holds open.",
+                |p| p.connections_open,
+            ),
+        ] {
+            header(o, name, kind, help);
+            for (worker, p) in &self.serving {
+                let v = field(p);
+                match worker {
+                    None => {
+                        let _ = writeln!(o, "{name} {v}");
+                    }
+                    Some(w) => {
+                        let _ = writeln!(o, "{name}{{worker=\"{w}\",pid=\"{}\"}} {v}", p.pid);
+                    }
+                }
+            }
+        }
         type Field = fn(&ProcessStats) -> Option<String>;
         let families: [(&str, &str, &str, Field); 3] = [
             (
@@ -385,9 +418,17 @@ impl Snapshot {
                     (None, Some(_)) => "supervisor",
                     (None, None) => "single",
                 };
+                // Requests and connections: null for the supervisor, which serves none.
+                let load = self
+                    .serving
+                    .iter()
+                    .find(|(_, p)| p.pid == *pid)
+                    .map(|(_, p)| p);
                 json!({
                     "role": role, "worker": worker, "pid": pid,
                     "cpu_seconds": s.cpu_seconds, "rss_bytes": s.rss_bytes, "open_fds": s.open_fds,
+                    "requests": load.map(|p| p.requests),
+                    "connections_open": load.map(|p| p.connections_open),
                 })
             })
             .collect();
@@ -483,11 +524,28 @@ mod tests {
             text.contains("hashpress_processed_bytes_total{op=\"hash\",direction=\"in\"} 15\n")
         );
         assert!(text.contains("\nprocess_resident_memory_bytes "));
+        slot.connection_opened();
+        let snap = Snapshot::collect(
+            r,
+            PoolConfig {
+                threads: 2,
+                queue_capacity: 8,
+                io_threads: 1,
+            },
+        );
+        let text = snap.to_prometheus();
+        assert!(
+            text.contains("\nhashpress_worker_requests_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nhashpress_connections_open 1\n"), "{text}");
         let j = snap.to_json();
         assert_eq!(j["bytes"]["hash_in"], 15);
         assert_eq!(j["latency"][0]["count"], 3);
         assert_eq!(j["latency"][0]["buckets"][6]["count"], 2);
         assert_eq!(j["requests"][0]["count"], 2);
         assert_eq!(j["workers"]["alive"], 1);
+        assert_eq!(j["processes"][0]["requests"], 3);
+        assert_eq!(j["processes"][0]["connections_open"], 1);
     }
 }

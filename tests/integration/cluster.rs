@@ -17,14 +17,14 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_hashpress");
 
 /// A supervisor with its workers; killed (with them) when dropped.
-struct Cluster {
+pub(crate) struct Cluster {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Cluster {
-    fn start(root: &Path, args: &[&str]) -> Cluster {
+    pub(crate) fn start(root: &Path, args: &[&str]) -> Cluster {
         let mut cmd = Command::new(BIN);
         cmd.args([
             "serve",
@@ -73,7 +73,7 @@ impl Cluster {
         self.child.id() as i32
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.pid(), sig) };
     }
@@ -97,7 +97,7 @@ impl Cluster {
     }
 
     /// Waits for a record matching `f`; panics with the log on timeout.
-    fn wait_log(&self, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_log(&self, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
         let end = Instant::now() + limit;
         while Instant::now() < end {
             if let Some(v) = self.records().into_iter().find(&f) {
@@ -112,7 +112,7 @@ impl Cluster {
     }
 
     /// Pids that the supervisor reported ready, with their generation.
-    fn ready_pids(&self) -> Vec<(u32, u64)> {
+    pub(crate) fn ready_pids(&self) -> Vec<(u32, u64)> {
         self.records()
             .iter()
             .filter(|v| v["message"] == "worker ready")
@@ -173,15 +173,15 @@ fn children_of(parent: i32) -> Vec<i32> {
 }
 
 /// A parsed HTTP response.
-struct Resp {
-    status: u16,
-    close: bool,
-    worker_pid: Option<u32>,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) close: bool,
+    pub(crate) worker_pid: Option<u32>,
     body: Vec<u8>,
 }
 
 /// Reads one response (Content-Length bodies only: all ours are).
-fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
+pub(crate) fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -242,14 +242,21 @@ struct Tally {
 /// `clients` keep-alive connections posting "hello" to /hash in a loop, as
 /// wrk does: reconnect when told `Connection: close`, count an error when a
 /// connection fails instead.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(addr: SocketAddr, clients: usize) -> Load {
+    pub(crate) fn start(addr: SocketAddr, clients: usize) -> Load {
+        Load::paced(addr, clients, Duration::ZERO)
+    }
+
+    /// As `start`, each client pausing `pace` after every answer: the
+    /// load of clients that think, which a server with headroom answers
+    /// at their pace, so each worker's requests follow its connections.
+    pub(crate) fn paced(addr: SocketAddr, clients: usize, pace: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let threads = (0..clients)
@@ -258,6 +265,9 @@ impl Load {
                 thread::spawn(move || {
                     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
                     while !stop.load(Ordering::Relaxed) {
+                        if !pace.is_zero() {
+                            thread::sleep(pace);
+                        }
                         if conn.is_none() {
                             match TcpStream::connect(addr) {
                                 Ok(s) => {
@@ -310,7 +320,7 @@ impl Load {
     }
 
     /// Stops and returns (ok, non-2xx, errors).
-    fn finish(self) -> (u64, u64, u64) {
+    pub(crate) fn finish(self) -> (u64, u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().unwrap();

@@ -83,6 +83,9 @@ fn help_explains_every_flag_with_its_default() {
         "--config",
         "--header-read-timeout",
         "--body-read-timeout",
+        "--keepalive-requests",
+        "--keepalive-time",
+        "--keepalive-timeout",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }

@@ -2,6 +2,7 @@
 //! binary on a free loopback port and talks HTTP to it.
 
 mod api;
+mod balance;
 mod cluster;
 mod config;
 mod confinement;
