@@ -144,8 +144,9 @@ pub struct ServeArgs {
           value_parser = parse_size)]
     pub max_header_bytes: u64,
 
-    /// A client that has not sent its full request head within this time is disconnected
-    /// (units: ms, s, m; a bare number is seconds).
+    /// A client that has not sent the full head of its first request within this time of
+    /// connecting is disconnected; later requests have --keepalive-timeout (units: ms, s,
+    /// m; a bare number is seconds).
     #[arg(long, env = "HASHPRESS_HEADER_READ_TIMEOUT", default_value = "10s", value_name = "DURATION",
           value_parser = parse_duration)]
     pub header_read_timeout: Duration,

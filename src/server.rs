@@ -33,7 +33,7 @@ pub struct KeepAlive {
 /// Connection-level limits and timings.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Time a client has to send its request head (`--header-read-timeout`).
+    /// Time a client has to send its first request head (`--header-read-timeout`).
     pub header_read_timeout: Duration,
     /// Largest request head in bytes (`--max-header-bytes`), request line
     /// and final blank line included; hyper answers 431 past it.
@@ -222,7 +222,9 @@ impl HeadTimer {
     /// hyper asks for "now + header-read timeout"; a later head gets
     /// "now + keep-alive timeout" instead.
     fn deadline(&self, asked: Instant) -> Instant {
-        if self.first.swap(false, Ordering::Relaxed) {
+        // A load and, once, a store: no locked instruction per request.
+        if self.first.load(Ordering::Relaxed) {
+            self.first.store(false, Ordering::Relaxed);
             return asked;
         }
         match asked.checked_sub(self.header_read) {
