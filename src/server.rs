@@ -247,3 +247,22 @@ impl Timer for HeadTimer {
         self.tokio.reset(sleep, self.deadline(new_deadline));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_head_gets_the_header_timeout_later_ones_the_keep_alive_timeout() {
+        let t = HeadTimer::new(Duration::from_secs(10), Duration::from_secs(75));
+        let now = Instant::now();
+        let asked = now + Duration::from_secs(10);
+        assert_eq!(t.deadline(asked), asked);
+        assert_eq!(t.deadline(asked), now + Duration::from_secs(75));
+        assert_eq!(t.deadline(asked), now + Duration::from_secs(75));
+        // Shorter than the header timeout: later heads get less.
+        let t = HeadTimer::new(Duration::from_secs(10), Duration::from_secs(1));
+        t.deadline(asked);
+        assert_eq!(t.deadline(asked), now + Duration::from_secs(1));
+    }
+}
