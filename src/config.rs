@@ -19,8 +19,10 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
     name = "hashpress",
     version,
     about = "Streaming hash and gzip HTTP server",
-    long_about = "hashpress hashes (SHA-256, SHA-512, SHA-1, MD5, BLAKE3, CRC32C) and gzips request \
-bodies and files under one served directory, as streams, on a bounded CPU pool.\n\n\
+    long_about = "hashpress hashes (SHA-2, SHA-3, SHA-1, MD5, BLAKE3, CRC32, CRC32C, CRC64NVME, XXH3) \
+and gzips request bodies, files and whole trees under one served directory, as streams, on a \
+bounded CPU pool. `hashpress hash` and `hashpress check` do the same for files and trees on the \
+command line, without a server.\n\n\
 Start it with `hashpress serve --root DIR`, then e.g.\n  \
 curl --data-binary @file 'http://127.0.0.1:3000/hash?alg=sha256,blake3'\n  \
 curl http://127.0.0.1:3000/hash-file/some/file.bin\n  \
@@ -44,7 +46,75 @@ GET|POST /compress/{path}, POST /compress, /metrics, /metrics.json, /dashboard, 
 By default a supervisor runs 2 worker processes on one socket (--workers 0: a single process). \
 gzip inputs of 4 MiB or more are compressed in parallel (128 KiB blocks on every pool thread, \
 one gzip stream); ?parallel=0|1 chooses.")]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Digests of files and trees, as `sha256sum`/`b3sum` print them, without a server.
+    #[command(
+        long_about = "Digests of files and (with -r) whole trees, without a server, \
+computed in parallel on every core. Output is what `sha256sum` prints (`--alg blake3`: what \
+`b3sum` prints), so `sha256sum -c` and `hashpress check` read it back. A tree is walked in \
+byte-wise path order and never leaves the directory through a symlink.\n\n\
+Exit status: 0 all read, 2 a usage or read error.\n\n\
+Examples:\n  hashpress hash -r release/ > SHA256SUMS\n  \
+hashpress hash --alg blake3,sha256 --json big.iso\n  cat f | hashpress hash -"
+    )]
+    Hash(HashArgs),
+    /// Checks files against a manifest: what changed, what is missing (and what is new).
+    #[command(
+        long_about = "Checks the files under DIR (-C, default .) against MANIFEST \
+(`-` for standard input) in any format `hashpress hash` or `GET /manifest` writes: \
+sha256sum/b3sum lines, BSD tags, NDJSON (detected), BagIt (--format bagit). Prints \
+`path: OK`, `path: FAILED`, `path: FAILED open or read` (missing) like `sha256sum -c`, and with \
+--new `path: NEW` for files present but not listed.\n\n\
+Exit status: 0 all good, 1 a mismatch or a missing file (or a new one, with --new), 2 a usage \
+or read error."
+    )]
+    Check(CheckArgs),
+}
+
+/// `hashpress hash`.
+#[derive(Args, Debug, Clone)]
+pub struct HashArgs {
+    /// Walk directories recursively (without it a directory is an error, as for sha256sum).
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Digest algorithms, a comma list; the first one is printed in the text formats.
+    #[arg(long, default_value = "sha256", value_name = "LIST")]
+    pub alg: String,
+    /// Output format.
+    #[arg(long, default_value = "sha256sum", value_name = "FORMAT",
+          value_parser = ["sha256sum", "bsd", "bagit", "ndjson"])]
+    pub format: String,
+    /// One JSON object per file (the NDJSON format, every requested digest).
+    #[arg(long)]
+    pub json: bool,
+    /// Files and directories; `-` is standard input.
+    #[arg(value_name = "PATH", default_value = "-")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// `hashpress check`.
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Also report files present under DIR but not listed, and fail on them.
+    #[arg(long)]
+    pub new: bool,
+    /// The directory the manifest's paths are relative to.
+    #[arg(
+        short = 'C',
+        long = "directory",
+        default_value = ".",
+        value_name = "DIR"
+    )]
+    pub dir: PathBuf,
+    /// Algorithm of manifests that do not name one (sha256sum and BagIt lines).
+    #[arg(long, default_value = "sha256", value_name = "ALG")]
+    pub alg: String,
+    /// Manifest format; detected when not given (BagIt must be named).
+    #[arg(long, value_name = "FORMAT", value_parser = ["sha256sum", "bsd", "bagit", "ndjson"])]
+    pub format: Option<String>,
+    /// The manifest; `-` is standard input.
+    #[arg(value_name = "MANIFEST")]
+    pub manifest: PathBuf,
 }
 
 /// How log lines are written.

@@ -240,11 +240,26 @@ impl Shared {
         self.sched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How long a job queued now would wait for a thread: the work ahead of
-    /// it (queued, and half of what runs) shared among the threads.
+    /// How long a fresh request's first job queued now would wait for a
+    /// thread: the work ahead of it (queued, and half of what runs) shared
+    /// among the threads. Jobs of requests that have used CPU sort later
+    /// (their penalty): when the whole backlog would pass the bound, only
+    /// the jobs that really come first are counted.
     fn expected_wait(&self, s: &Sched) -> Duration {
-        let ahead = s.backlog + self.running.load(Ordering::Relaxed) / 2;
-        Duration::from_nanos(ahead / self.limits.threads as u64)
+        let threads = self.limits.threads as u64;
+        let running = self.running.load(Ordering::Relaxed) / 2;
+        let all = Duration::from_nanos((s.backlog + running) / threads);
+        if all <= self.limits.max_wait {
+            return all;
+        }
+        let now = (Instant::now() - self.epoch).as_nanos() as u64;
+        let ahead: u64 = s
+            .heap
+            .iter()
+            .filter(|e| e.key <= now)
+            .map(|e| e.estimate)
+            .sum();
+        Duration::from_nanos((ahead + running) / threads)
     }
 
     fn reject(&self, reason: ShedReason, backlog: Duration) -> PoolError {
@@ -877,6 +892,36 @@ mod tests {
             .unwrap();
         small.done();
         assert_eq!(cost(Op::Hash), learned);
+    }
+
+    /// A backlog made of a heavy request's penalized chunks does not shed a
+    /// fresh request: those chunks would run after it.
+    #[tokio::test]
+    async fn penalized_work_does_not_count_against_fresh_requests() {
+        let pool = pool(1, 64, Duration::from_millis(50));
+        let heavy = pool.lane();
+        heavy
+            .run(|| thread::sleep(Duration::from_millis(40)))
+            .await
+            .unwrap();
+        let (gate, busy) = occupy(&pool).await;
+        // Ten queued chunks of ~40 ms each: 400 ms of work, all penalized.
+        let mut chunks = Vec::new();
+        for _ in 0..10 {
+            chunks.push(heavy.submit(|| ()).await.unwrap());
+        }
+        let fresh = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.try_run(|| 1).await }
+        });
+        until(|| pool.stats().pool_queued() == 11).await;
+        assert_eq!(pool.stats().pool_rejected(), 0);
+        gate.wait();
+        busy.await.unwrap();
+        assert_eq!(fresh.await.unwrap(), Ok(1));
+        for c in chunks {
+            c.wait().await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //! `supervisor` runs the cluster mode (one supervisor, N worker processes).
 
 pub mod accept_gate;
+pub mod cli;
 pub mod config;
 pub mod cpu_pool;
 pub mod digest_cache;

@@ -20,7 +20,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(argv);
     match cli.command {
+        Command::Hash(args) => hashpress::cli::hash(&args),
+        Command::Check(args) => hashpress::cli::check(&args),
         Command::Serve(args) => {
+            let args = *args;
             // Started by a supervisor: the worker role, whatever --workers says.
             if let Some(id) = supervisor::child::worker_id() {
                 return supervisor::child::run(args, id);

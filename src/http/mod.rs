@@ -8,6 +8,7 @@ mod dashboard;
 pub(crate) mod hash;
 mod health;
 mod index;
+mod manifest;
 mod observe;
 mod openapi;
 mod parallel_gzip;
@@ -79,6 +80,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/hash-file/{path}", &["GET"]),
     ("/compress", &["POST"]),
     ("/compress/{path}", &["GET", "POST"]),
+    ("/manifest/{path}", &["GET", "POST"]),
     ("/healthz", &["GET"]),
     ("/readyz", &["GET"]),
     ("/metrics", &["GET"]),
@@ -125,6 +127,12 @@ fn routes(state: AppState) -> Router {
         .route(
             "/compress/{*path}",
             get(compress::compress_file).post(compress::compress_to_file),
+        )
+        // "/manifest/" is the whole root; POST takes "{dir}/check".
+        .route("/manifest/", get(manifest::manifest).post(manifest::check))
+        .route(
+            "/manifest/{*path}",
+            get(manifest::manifest).post(manifest::check),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -62,6 +62,13 @@ impl Query {
         }
     }
 
+    /// `format=` of a manifest; `None` when not given.
+    pub fn manifest_format(&self) -> Result<Option<crate::tree::format::Format>, ApiError> {
+        self.get("format")
+            .map(|f| crate::tree::format::Format::parse(f).map_err(ApiError::BadQuery))
+            .transpose()
+    }
+
     /// `level=`, defaulting to 6.
     pub fn level(&self) -> Result<Level, ApiError> {
         match self.get("level") {

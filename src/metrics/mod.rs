@@ -29,6 +29,7 @@ pub enum Route {
     HashFile,
     Compress,
     CompressPath,
+    Manifest,
     Metrics,
     Healthz,
     Readyz,
@@ -38,12 +39,13 @@ pub enum Route {
 }
 
 impl Route {
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 11] = [
         Route::Index,
         Route::Hash,
         Route::HashFile,
         Route::Compress,
         Route::CompressPath,
+        Route::Manifest,
         Route::Metrics,
         Route::Healthz,
         Route::Readyz,
@@ -58,6 +60,7 @@ impl Route {
             Route::HashFile => "/hash-file/{path}",
             Route::Compress => "/compress",
             Route::CompressPath => "/compress/{path}",
+            Route::Manifest => "/manifest/{path}",
             Route::Metrics => "/metrics",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
@@ -78,6 +81,7 @@ impl Route {
             "/dashboard" => Route::Dashboard,
             p if p.starts_with("/hash-file/") => Route::HashFile,
             p if p.starts_with("/compress/") => Route::CompressPath,
+            p if p.starts_with("/manifest/") => Route::Manifest,
             _ => Route::Other,
         }
     }

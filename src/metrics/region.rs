@@ -18,7 +18,7 @@ use super::{Slot, ix};
 /// generation during a reload.
 pub const MAX_SLOTS: usize = 128;
 
-const MAGIC: u64 = 0x6873_7072_6573_7333; // "hspress3": bump when `Layout` changes
+const MAGIC: u64 = 0x6873_7072_6573_7334; // "hspress4": bump when `Layout` changes
 /// A slot claimed by the supervisor whose process has no pid yet.
 const RESERVED: u64 = u64::MAX;
 

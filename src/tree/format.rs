@@ -106,6 +106,15 @@ fn bagit_escape(path: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// A path as coreutils shows it in `-c` output: escaped behind a leading
+/// backslash when it holds a newline, carriage return or backslash.
+pub fn shown_path(path: &[u8], out: &mut Vec<u8>) {
+    if needs_escape(path) {
+        out.push(b'\\');
+    }
+    escape(path, out);
+}
+
 /// One line of a text format for one file (`format` is not NDJSON).
 pub fn text_line(format: Format, alg: Algorithm, hex: &str, path: &[u8], out: &mut Vec<u8>) {
     match format {

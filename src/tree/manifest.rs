@@ -187,7 +187,7 @@ impl Manifest {
 }
 
 /// Hashes one file in `FILE_CHUNK` jobs, or answers from the digest cache.
-async fn hash_file(
+pub async fn hash_file(
     lane: Lane,
     path: Vec<u8>,
     file: File,

@@ -2,6 +2,7 @@
 //! `sha256sum`, BSD tools and BagIt read and write (`format`), and the
 //! pipeline that hashes a walk on the CPU pool in order (`manifest`).
 
+pub mod check;
 pub mod format;
 pub mod manifest;
 pub mod walk;

@@ -3,6 +3,7 @@
 
 mod api;
 mod balance;
+mod cli;
 mod cluster;
 mod config;
 mod confinement;
@@ -14,3 +15,4 @@ mod metrics;
 mod shedding;
 mod streaming;
 mod strict_http;
+mod trees;
