@@ -214,8 +214,9 @@ pub struct ServeArgs {
           value_parser = parse_size)]
     pub max_header_bytes: u64,
 
-    /// A client that has not sent its full request head within this time is disconnected
-    /// (units: ms, s, m; a bare number is seconds).
+    /// A client that has not sent the full head of its first request within this time of
+    /// connecting is disconnected; later requests have --keepalive-timeout (units: ms, s,
+    /// m; a bare number is seconds).
     #[arg(long, env = "HASHPRESS_HEADER_READ_TIMEOUT", default_value = "10s", value_name = "DURATION",
           value_parser = parse_duration)]
     pub header_read_timeout: Duration,
@@ -234,6 +235,31 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub max_connections: usize,
+
+    /// Answers on one connection before it ends: the Nth answer carries `Connection: close`,
+    /// so the client reconnects and the connection is placed again (on the least loaded
+    /// worker). 0 = no limit. As nginx's `keepalive_requests`.
+    #[arg(
+        long,
+        env = "HASHPRESS_KEEPALIVE_REQUESTS",
+        default_value = "1000",
+        value_name = "N"
+    )]
+    pub keepalive_requests: u64,
+
+    /// Age of a connection past which its next answer carries `Connection: close`
+    /// (0 = no limit). As nginx's `keepalive_time` (units: ms, s, m, h).
+    #[arg(long, env = "HASHPRESS_KEEPALIVE_TIME", default_value = "1h", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub keepalive_time: Duration,
+
+    /// An idle keep-alive connection is closed when its next request has not fully
+    /// arrived within this time of the previous answer (the first request of a
+    /// connection has --header-read-timeout instead). 0 turns keep-alive off: every
+    /// answer carries `Connection: close`. As nginx's `keepalive_timeout`.
+    #[arg(long, env = "HASHPRESS_KEEPALIVE_TIMEOUT", default_value = "75s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
 
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the
     /// process exits anyway.

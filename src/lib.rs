@@ -1,10 +1,12 @@
 //! hashpress: a streaming hash and gzip HTTP server.
 //!
 //! `kernel` holds the pure digest and gzip code; `http` the API; `server`
-//! the accept loop; `cpu_pool` the bounded pool that runs heavy work;
+//! the accept loop and its connections; `accept_gate` evens connections
+//! across workers; `cpu_pool` the bounded pool that runs heavy work;
 //! `root` confines every file access to the served directory;
 //! `supervisor` runs the cluster mode (one supervisor, N worker processes).
 
+pub mod accept_gate;
 pub mod build_info;
 pub mod cli;
 pub mod config;

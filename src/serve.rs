@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use tokio::net::TcpListener;
 
+use crate::accept_gate::AcceptGate;
 use crate::config::ServeArgs;
 use crate::cpu_pool::{CpuPool, PoolLimits};
 use crate::digest_cache::DigestCache;
@@ -12,7 +13,7 @@ use crate::http::auth::{Access, Tokens};
 use crate::http::{AppState, Inner, admin_app, app};
 use crate::metrics::Region;
 use crate::root::Root;
-use crate::server::{self, ServerOptions};
+use crate::server::{self, KeepAlive, ServerOptions};
 use crate::shutdown;
 
 /// Opens `--root`, or says why not (exit code 2: a configuration error).
@@ -115,8 +116,12 @@ pub async fn serve_until(
     shutdown: shutdown::Shutdown,
     hooks: ServeHooks,
 ) {
-    // A worker records into the slot its supervisor gave it; a single
-    // process makes a region of its own.
+    // A worker records into the slot its supervisor gave it, and gates its
+    // accepts by its peers' connections; a single process makes a region of
+    // its own.
+    let gate = hooks
+        .metrics
+        .map(|(region, slot)| AcceptGate::new(region, slot));
     let (region, slot) = match hooks.metrics {
         Some(m) => m,
         None => match own_region() {
@@ -171,6 +176,12 @@ pub async fn serve_until(
         max_connections: args.max_connections,
         grace: args.grace,
         drain_linger: hooks.drain_linger,
+        keep_alive: KeepAlive {
+            requests: args.keepalive_requests,
+            time: args.keepalive_time,
+            timeout: args.keepalive_timeout,
+        },
+        gate: None,
     };
     if hooks.reload_tokens_on_sighup {
         tokio::spawn(reload_on_sighup(tokens));
@@ -184,9 +195,15 @@ pub async fn serve_until(
         let app = admin_app(state.clone());
         tokio::spawn(async move { server::run(l, app, admin_opts, down).await })
     });
+    // Peers count this worker in before the supervisor hears it is ready
+    // (and starts moving connections to it).
+    if let Some(g) = gate {
+        g.mark_accepting();
+    }
     if let Some(ready) = hooks.on_ready {
         ready();
     }
+    let opts = ServerOptions { gate, ..opts };
     server::run(listener, app(state), opts, shutdown).await;
     if let Some(admin) = admin {
         let _ = admin.await;

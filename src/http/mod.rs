@@ -15,7 +15,7 @@ mod parallel_gzip;
 pub mod query;
 mod request_head;
 
-pub use observe::App;
+pub use observe::{Answer, App, ConnFacts};
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -118,6 +118,9 @@ pub(crate) mod ix {
     pub const CACHE: usize = QUEUE_WAIT_SUM + 1;
     pub const COUNT: usize = CACHE + 2;
 
+    /// Every request counter, whatever its labels.
+    pub const REQUESTS: std::ops::Range<usize> = REQ..DUR;
+
     pub fn requests(route: usize, method: usize, status: usize) -> usize {
         REQ + (route * N_METHOD + method) * N_STATUS + status
     }
@@ -178,7 +181,8 @@ fn bucket_of(took: Duration) -> usize {
         .unwrap_or(N_BUCKET - 1)
 }
 
-/// One process's counters. All-zero is a valid, empty slot.
+/// One process's counters, and the few figures by which the workers and the
+/// supervisor balance connections. All-zero is a valid, empty slot.
 #[repr(C)]
 pub struct Slot {
     /// Monotonic counters, indexed by `ix`; folded into the retired slot
@@ -188,6 +192,16 @@ pub struct Slot {
     /// ahead of its increment never wraps. Zeroed, not folded, at exit.
     pool_queued: AtomicI64,
     pool_busy: AtomicI64,
+    /// Connections this process holds open: read by the other workers'
+    /// accept gates and by the supervisor when it rebalances.
+    connections_open: AtomicI64,
+    /// Until when (Unix ms) this process counts as accepting: refreshed by
+    /// the worker while it accepts, 0 once it drains. A peer that stops
+    /// refreshing it (stuck) stops counting for the others' accept gates.
+    accepting_until_ms: AtomicU64,
+    /// Answers that are still to carry `Connection: close`: set by the
+    /// supervisor to move connections off a worker that holds too many.
+    shed: AtomicU64,
 }
 
 impl Slot {
@@ -277,5 +291,51 @@ impl Slot {
         }
         self.pool_queued.store(0, Ordering::Relaxed);
         self.pool_busy.store(0, Ordering::Relaxed);
+        self.connections_open.store(0, Ordering::Relaxed);
+        self.accepting_until_ms.store(0, Ordering::Relaxed);
+        self.shed.store(0, Ordering::Relaxed);
+    }
+
+    /// Requests answered by this process, whatever the route or status.
+    pub fn requests_total(&self) -> u64 {
+        self.counters[ix::REQUESTS]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connections_open(&self) -> u64 {
+        self.connections_open.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub fn set_accepting_until(&self, unix_ms: u64) {
+        self.accepting_until_ms.store(unix_ms, Ordering::Relaxed);
+    }
+
+    pub fn accepting_until(&self) -> u64 {
+        self.accepting_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// The next `n` answers of this process end their connections.
+    pub fn set_shed(&self, n: u64) {
+        self.shed.store(n, Ordering::Relaxed);
+    }
+
+    /// True if this answer is to end its connection (and counts it). One
+    /// load when there is nothing to shed: this runs on every request.
+    pub fn take_shed(&self) -> bool {
+        self.shed.load(Ordering::Relaxed) != 0
+            && self
+                .shed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
     }
 }

@@ -19,7 +19,7 @@ use crate::build_info::Build;
 /// generation during a reload.
 pub const MAX_SLOTS: usize = 128;
 
-const MAGIC: u64 = 0x6873_7072_6573_7334; // "hspress4": bump when `Layout` changes
+const MAGIC: u64 = 0x6873_7072_6573_7335; // "hspress5": bump when `Layout` changes
 /// A slot claimed by the supervisor whose process has no pid yet.
 const RESERVED: u64 = u64::MAX;
 /// Words of a `BuildCell`: a length, then up to 88 bytes of text.
@@ -118,6 +118,9 @@ pub struct LiveProcess {
     pub worker: u64,
     /// Its release, once it has written it (not yet, as it starts).
     pub build: Option<Build>,
+    /// Requests it answered, connections it holds open.
+    pub requests: u64,
+    pub connections_open: u64,
 }
 
 /// A consistent reading of the region.
@@ -263,6 +266,14 @@ impl Region {
         h.slot_pid[index].store(0, Ordering::Release);
     }
 
+    /// The slots of the other live processes (not `mine`), for the accept gate.
+    pub fn peers(&self, mine: usize) -> impl Iterator<Item = &'static Slot> {
+        let layout = self.layout;
+        (0..MAX_SLOTS)
+            .filter(move |&i| i != mine && layout.header.slot_pid[i].load(Ordering::Relaxed) != 0)
+            .map(move |i| &layout.slots[i])
+    }
+
     pub fn set_supervisor_pid(&self, pid: u32) {
         self.layout
             .header
@@ -316,6 +327,8 @@ impl Region {
                         pid: pid as u32,
                         worker: h.slot_worker[i].load(Ordering::Relaxed),
                         build: h.slot_build[i].read(),
+                        requests: slot.requests_total(),
+                        connections_open: slot.connections_open(),
                     });
                 }
             }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use super::process::{self, ProcessStats};
-use super::region::{RESTART_REASONS, Reading, Region};
+use super::region::{LiveProcess, RESTART_REASONS, Reading, Region};
 use super::{
     BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, SHED_REASONS, STATUSES, ShedReason,
     ix,
@@ -28,6 +28,9 @@ pub struct Snapshot {
     pool: PoolConfig,
     /// Supervisor (or the single process) first, then workers by id.
     processes: Vec<Proc>,
+    /// Per serving process (workers by id, or the single process): its
+    /// requests and open connections, to show how the work is split.
+    serving: Vec<(Option<u64>, LiveProcess)>,
     uptime_seconds: f64,
 }
 
@@ -50,6 +53,8 @@ fn status_label(s: usize) -> String {
 impl Snapshot {
     pub fn collect(region: &Region, pool: PoolConfig) -> Snapshot {
         let reading = region.read();
+        let mut live = reading.live.clone();
+        live.sort_by_key(|p| (p.worker, p.pid));
         // The supervisor, or a single process: the only one, unlabelled.
         let pid = reading.supervisor_pid.unwrap_or_else(std::process::id);
         let mut processes = vec![Proc {
@@ -58,18 +63,20 @@ impl Snapshot {
             stats: process::read(pid),
             build: reading.own_build.clone(),
         }];
-        if reading.supervisor_pid.is_some() {
-            let mut live = reading.live.clone();
-            live.sort_by_key(|p| (p.worker, p.pid));
-            for p in live {
-                processes.push(Proc {
-                    worker: Some(p.worker),
-                    pid: p.pid,
-                    stats: process::read(p.pid),
-                    build: p.build,
-                });
+        let serving: Vec<(Option<u64>, LiveProcess)> = match reading.supervisor_pid {
+            Some(_) => {
+                for p in &live {
+                    processes.push(Proc {
+                        worker: Some(p.worker),
+                        pid: p.pid,
+                        stats: process::read(p.pid),
+                        build: p.build.clone(),
+                    });
+                }
+                live.into_iter().map(|p| (Some(p.worker), p)).collect()
             }
-        }
+            None => live.into_iter().map(|p| (None, p)).collect(),
+        };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -78,6 +85,7 @@ impl Snapshot {
             reading,
             pool,
             processes,
+            serving,
             uptime_seconds,
         }
     }
@@ -318,6 +326,33 @@ impl Snapshot {
             "Seconds since the service (supervisor) started.",
         );
         let _ = writeln!(o, "hashpress_uptime_seconds {}", self.uptime_seconds);
+        for (name, kind, help, field) in [
+            (
+                "hashpress_worker_requests_total",
+                "counter",
+                "Requests answered by each serving process: how the work is split.",
+                (|p| p.requests) as fn(&LiveProcess) -> u64,
+            ),
+            (
+                "hashpress_connections_open",
+                "gauge",
+                "Client connections each serving process holds open.",
+                |p| p.connections_open,
+            ),
+        ] {
+            header(o, name, kind, help);
+            for (worker, p) in &self.serving {
+                let v = field(p);
+                match worker {
+                    None => {
+                        let _ = writeln!(o, "{name} {v}");
+                    }
+                    Some(w) => {
+                        let _ = writeln!(o, "{name}{{worker=\"{w}\",pid=\"{}\"}} {v}", p.pid);
+                    }
+                }
+            }
+        }
         type Field = fn(&ProcessStats) -> Option<String>;
         let families: [(&str, &str, &str, Field); 3] = [
             (
@@ -410,12 +445,20 @@ impl Snapshot {
                     (None, None) => "single",
                 };
                 let s = &p.stats;
+                // Requests and connections: null for the supervisor, which serves none.
+                let load = self
+                    .serving
+                    .iter()
+                    .find(|(_, l)| l.pid == p.pid)
+                    .map(|(_, l)| l);
                 json!({
                     "role": role, "worker": p.worker, "pid": p.pid,
                     "cpu_seconds": s.cpu_seconds, "rss_bytes": s.rss_bytes, "open_fds": s.open_fds,
                     // null until the process has recorded its release.
                     "version": p.build.as_ref().map(|b| &b.version),
                     "commit": p.build.as_ref().map(|b| &b.commit),
+                    "requests": load.map(|p| p.requests),
+                    "connections_open": load.map(|p| p.connections_open),
                 })
             })
             .collect();
@@ -536,7 +579,8 @@ mod tests {
             "no release recorded, none reported"
         );
         r.set_own_build(&crate::build_info::Build::own());
-        let snap2 = Snapshot::collect(
+        slot.connection_opened();
+        let snap = Snapshot::collect(
             r,
             PoolConfig {
                 threads: 2,
@@ -549,16 +593,24 @@ mod tests {
             crate::build_info::VERSION,
             crate::build_info::COMMIT
         );
-        assert!(snap2.to_prometheus().contains(&want));
+        assert!(snap.to_prometheus().contains(&want));
         assert_eq!(
-            snap2.to_json()["processes"][0]["version"],
+            snap.to_json()["processes"][0]["version"],
             crate::build_info::VERSION
         );
+        let text = snap.to_prometheus();
+        assert!(
+            text.contains("\nhashpress_worker_requests_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nhashpress_connections_open 1\n"), "{text}");
         let j = snap.to_json();
         assert_eq!(j["bytes"]["hash_in"], 15);
         assert_eq!(j["latency"][0]["count"], 3);
         assert_eq!(j["latency"][0]["buckets"][6]["count"], 2);
         assert_eq!(j["requests"][0]["count"], 2);
         assert_eq!(j["workers"]["alive"], 1);
+        assert_eq!(j["processes"][0]["requests"], 3);
+        assert_eq!(j["processes"][0]["connections_open"], 1);
     }
 }

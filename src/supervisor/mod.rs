@@ -235,6 +235,19 @@ impl Executor {
                     .filter_map(|pid| Some((pid, crate::metrics::process::rss_bytes(pid)?)))
                     .collect(),
             )),
+            Action::ReadConnections(workers) => Some(Event::Connections(
+                workers
+                    .into_iter()
+                    .map(|(pid, slot)| (pid, self.metrics.slot(slot).connections_open()))
+                    .collect(),
+            )),
+            Action::Shed {
+                metrics_slot,
+                answers,
+            } => {
+                self.metrics.slot(metrics_slot).set_shed(answers);
+                None
+            }
             Action::CloseListener => {
                 self.listener = None;
                 None

@@ -3,8 +3,8 @@
 //! `mod.rs` performs them (spawn, signal, notify, metrics) and feeds what
 //! came of them back as events. No process, signal, clock or runtime is
 //! touched here, so crash backoff, reloads and their rollback, the memory
-//! guard, the ready timeout and the stop sequence are unit-tested below with
-//! made-up pids and instants.
+//! guard, the ready timeout, the stop sequence and the rebalancing of
+//! connections are unit-tested below with made-up pids and instants.
 //!
 //! Lifecycles, both explicit:
 //! - supervisor: starting → ready (⇄ reloading) → draining → stopped
@@ -23,6 +23,14 @@ use crate::metrics::region::RestartReason;
 pub const KILL_MARGIN: Duration = Duration::from_millis(500);
 /// How often worker memory is read for `--max-worker-rss`.
 pub const RSS_POLL: Duration = Duration::from_secs(1);
+/// When a worker becomes ready, the connections of the ready workers are
+/// read this often, and those well above the mean shed half their excess
+/// each time (`Connection: close` on their next answers; the clients
+/// reconnect, and the accept gates steer them to the worker that has too
+/// few): the move is spread over a second or so, and stops once the split
+/// is even, or after `BALANCE_ROUND` whatever happens.
+pub const BALANCE_STEP: Duration = Duration::from_millis(250);
+pub const BALANCE_ROUND: Duration = Duration::from_secs(5);
 
 /// The supervisor's lifecycle, as published in the metrics region (tests
 /// and operators wait on it rather than on log lines).
@@ -153,6 +161,8 @@ pub enum Event {
     Reload,
     /// The memory of the workers `Action::ReadRss` named, in bytes.
     Rss(Vec<(u32, u64)>),
+    /// The open connections of the workers `Action::ReadConnections` named.
+    Connections(Vec<(u32, u64)>),
     /// Time passed: a deadline of `next_deadline` came.
     Tick,
 }
@@ -193,6 +203,15 @@ pub enum Action {
     Restart(RestartReason),
     /// Read these workers' memory; answer `Rss`.
     ReadRss(Vec<u32>),
+    /// Read the open connections of these workers (pid, metrics slot);
+    /// answer `Connections`.
+    ReadConnections(Vec<(u32, usize)>),
+    /// The worker recording into `metrics_slot` ends the connections of its
+    /// next `answers` answers (replacing what it was told before).
+    Shed {
+        metrics_slot: usize,
+        answers: u64,
+    },
     /// Stop listening: a stop began.
     CloseListener,
     Notify(Notice),
@@ -267,6 +286,9 @@ pub struct State {
     stop_deadline: Option<Instant>,
     /// When worker memory is read next (with `--max-worker-rss`).
     next_rss_check: Option<Instant>,
+    /// A rebalancing round, after a worker became ready: when connections
+    /// are read next, and when the round ends anyway.
+    balance: Option<(Instant, Instant)>,
     /// Actions decided by the event being handled.
     out: Vec<Action>,
 }
@@ -282,6 +304,7 @@ impl State {
             procs: BTreeMap::new(),
             stop_deadline: None,
             next_rss_check: None,
+            balance: None,
             out: Vec::new(),
         }
     }
@@ -320,6 +343,7 @@ impl State {
             Event::FastStop => self.fast_stop("SIGQUIT"),
             Event::Reload => self.reload(),
             Event::Rss(readings) => self.on_rss(&readings, now),
+            Event::Connections(readings) => self.on_connections(&readings),
             Event::Tick => {}
         }
         self.tick(now);
@@ -333,13 +357,17 @@ impl State {
             .values()
             .filter(|p| p.state == WorkerState::Starting)
             .map(|p| p.started + self.cfg.ready_timeout);
-        [self.stop_deadline, self.next_rss_check]
-            .into_iter()
-            .flatten()
-            .chain(self.current.slots.iter().filter_map(|s| s.restart_at))
-            .chain(self.procs.values().filter_map(|p| p.kill_at))
-            .chain(starting)
-            .min()
+        [
+            self.stop_deadline,
+            self.next_rss_check,
+            self.balance.map(|(next, _)| next),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.current.slots.iter().filter_map(|s| s.restart_at))
+        .chain(self.procs.values().filter_map(|p| p.kill_at))
+        .chain(starting)
+        .min()
     }
 
     fn start(&mut self, now: Instant) {
@@ -456,6 +484,8 @@ impl State {
         };
         p.state = WorkerState::Ready;
         p.ready_at = Some(now);
+        // It has no connections yet: the others may have to hand some over.
+        self.balance = Some((now, now + BALANCE_ROUND));
         let (slot, gen_id) = (p.slot, p.generation);
         tracing::info!(
             worker = slot + 1,
@@ -708,6 +738,7 @@ impl State {
     /// Everything that happens at a time rather than on an event.
     fn tick(&mut self, now: Instant) {
         if self.phase == Phase::Draining {
+            self.balance = None;
             if self.stop_deadline.is_some_and(|d| now >= d) {
                 self.stop_deadline = None;
                 tracing::warn!(
@@ -768,12 +799,83 @@ impl State {
                 }
             }
         }
+        if let Some((next, end)) = self.balance
+            && now >= next
+        {
+            let ready = self.ready_workers();
+            if now >= end || ready.len() < 2 {
+                self.end_balance();
+            } else {
+                self.balance = Some((now + BALANCE_STEP, end));
+                self.out.push(Action::ReadConnections(ready));
+            }
+        }
         if self.next_rss_check.is_some_and(|at| now >= at) {
             self.next_rss_check = Some(now + RSS_POLL);
             let pids = self.recyclable(now);
             if !pids.is_empty() {
                 self.out.push(Action::ReadRss(pids));
             }
+        }
+    }
+
+    /// Workers that accept connections now: (pid, metrics slot).
+    fn ready_workers(&self) -> Vec<(u32, usize)> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| p.state == WorkerState::Ready)
+            .map(|(&pid, p)| (pid, p.metrics_slot))
+            .collect()
+    }
+
+    /// The round is over: nobody sheds any more.
+    fn end_balance(&mut self) {
+        self.balance = None;
+        for (_, metrics_slot) in self.ready_workers() {
+            self.out.push(Action::Shed {
+                metrics_slot,
+                answers: 0,
+            });
+        }
+    }
+
+    /// Each ready worker well above the mean (by more than one connection
+    /// and a tenth, as the accept gate measures) sheds half its excess;
+    /// once none is, the round ends.
+    fn on_connections(&mut self, readings: &[(u32, u64)]) {
+        if self.balance.is_none() || self.phase == Phase::Draining {
+            return;
+        }
+        let ready: Vec<(usize, u64)> = readings
+            .iter()
+            .filter_map(|(pid, open)| {
+                let p = self.procs.get(pid)?;
+                (p.state == WorkerState::Ready).then_some((p.metrics_slot, *open))
+            })
+            .collect();
+        if ready.len() < 2 {
+            return self.end_balance();
+        }
+        let mean = ready.iter().map(|(_, open)| open).sum::<u64>() / ready.len() as u64;
+        let tolerance = (mean / 10).max(1);
+        let mut even = true;
+        for &(metrics_slot, open) in &ready {
+            let answers = if open > mean + tolerance {
+                even = false;
+                (open - mean).div_ceil(2)
+            } else {
+                0
+            };
+            self.out.push(Action::Shed {
+                metrics_slot,
+                answers,
+            });
+        }
+        if even {
+            tracing::debug!(?readings, "connections even across workers");
+            self.balance = None;
+        } else {
+            tracing::info!(?readings, "rebalancing connections across workers");
         }
     }
 
@@ -1185,6 +1287,103 @@ mod tests {
             signalled(&sim.send(Event::FastStop), Signal::Kill),
             [100, 101]
         );
+    }
+
+    fn reads(actions: &[Action]) -> Vec<Vec<(u32, usize)>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ReadConnections(w) => Some(w.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (metrics slot, answers) of every `Shed`.
+    fn sheds(actions: &[Action]) -> Vec<(usize, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Shed {
+                    metrics_slot,
+                    answers,
+                } => Some((*metrics_slot, *answers)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restarted_worker_gets_its_share_of_connections() {
+        let mut sim = Sim::ready(2, None);
+        // Readiness started a round; an even split ends it at once.
+        let a = sim.send(Event::Connections(vec![(100, 8), (101, 8)]));
+        assert_eq!(sheds(&a), [(101, 0), (102, 0)]);
+        assert_eq!(sim.st.next_deadline(), None);
+        // Worker 1 dies; its clients reconnect to worker 2.
+        sim.exit(100);
+        assert_eq!(spawns(&sim.after(Duration::from_millis(100))).len(), 1);
+        let a = sim.send(ready(102));
+        assert_eq!(reads(&a), [vec![(101, 102), (102, 103)]]);
+        // Half the excess each step, spread over steps: 16/0, 12/4, 10/6, 9/7.
+        let a = sim.send(Event::Connections(vec![(101, 16), (102, 0)]));
+        assert_eq!(sheds(&a), [(102, 4), (103, 0)]);
+        assert!(reads(&sim.after(BALANCE_STEP - Duration::from_millis(1))).is_empty());
+        assert_eq!(reads(&sim.after(Duration::from_millis(1))).len(), 1);
+        let a = sim.send(Event::Connections(vec![(101, 12), (102, 4)]));
+        assert_eq!(sheds(&a), [(102, 2), (103, 0)]);
+        sim.after(BALANCE_STEP);
+        let a = sim.send(Event::Connections(vec![(101, 10), (102, 6)]));
+        assert_eq!(sheds(&a), [(102, 1), (103, 0)]);
+        sim.after(BALANCE_STEP);
+        // Within one connection (and a tenth) of the mean: even, round over.
+        let a = sim.send(Event::Connections(vec![(101, 9), (102, 7)]));
+        assert_eq!(sheds(&a), [(102, 0), (103, 0)]);
+        assert_eq!(sim.st.next_deadline(), None);
+        assert!(reads(&sim.after(BALANCE_STEP)).is_empty());
+    }
+
+    #[test]
+    fn a_rebalancing_round_is_bounded_and_counts_only_ready_workers() {
+        let mut sim = Sim::ready(2, None);
+        // A split that never evens out: shedding stops after the round.
+        let mut waited = Duration::ZERO;
+        while waited < BALANCE_ROUND {
+            let a = sim.send(Event::Connections(vec![(100, 30), (101, 0)]));
+            assert_eq!(sheds(&a), [(101, 8), (102, 0)]);
+            sim.after(BALANCE_STEP);
+            waited += BALANCE_STEP;
+        }
+        assert_eq!(sim.st.next_deadline(), None);
+        // The last step took every order back.
+        let mut sim = Sim::ready(2, None);
+        let mut last = Vec::new();
+        for _ in 0..BALANCE_ROUND.as_millis() / BALANCE_STEP.as_millis() {
+            last = sim.after(BALANCE_STEP);
+        }
+        assert_eq!(sheds(&last), [(101, 0), (102, 0)]);
+
+        // During a reload: a new worker ready beside the old ones; once the
+        // old ones drain they are not counted (nor told to shed).
+        let mut sim = Sim::ready(2, None);
+        sim.send(Event::Reload);
+        sim.send(ready(102));
+        let a = sim.send(ready(103));
+        assert_eq!(signalled(&a, Signal::Term), [100, 101]);
+        assert_eq!(reads(&a), [vec![(102, 103), (103, 104)]]);
+        let a = sim.send(Event::Connections(vec![
+            (100, 40),
+            (101, 40),
+            (102, 1),
+            (103, 0),
+        ]));
+        assert_eq!(sheds(&a), [(103, 0), (104, 0)]);
+        // A stop ends any round.
+        let mut sim = Sim::ready(2, None);
+        sim.send(Event::Stop { signal: "SIGTERM" });
+        assert!(sim.st.next_deadline() > Some(sim.now + BALANCE_ROUND));
+        let a = sim.send(Event::Connections(vec![(100, 30), (101, 0)]));
+        assert!(sheds(&a).is_empty());
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    fn start(root: &Path, args: &[&str]) -> Cluster {
+    pub(crate) fn start(root: &Path, args: &[&str]) -> Cluster {
         let mut cmd = Command::new(BIN);
         cmd.args([
             "serve",
@@ -175,13 +175,13 @@ fn children_of(parent: i32) -> Vec<i32> {
 /// A parsed HTTP response.
 pub(crate) struct Resp {
     pub(crate) status: u16,
-    close: bool,
+    pub(crate) close: bool,
     pub(crate) worker_pid: Option<u32>,
     body: Vec<u8>,
 }
 
 /// Reads one response (Content-Length bodies only: all ours are).
-fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
+pub(crate) fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -252,6 +252,13 @@ pub(crate) struct Load {
 
 impl Load {
     pub(crate) fn start(addr: SocketAddr, clients: usize) -> Load {
+        Load::paced(addr, clients, Duration::ZERO)
+    }
+
+    /// As `start`, each client pausing `pace` after every answer: the
+    /// load of clients that think, which a server with headroom answers
+    /// at their pace, so each worker's requests follow its connections.
+    pub(crate) fn paced(addr: SocketAddr, clients: usize, pace: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let threads = (0..clients)
@@ -260,6 +267,9 @@ impl Load {
                 thread::spawn(move || {
                     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
                     while !stop.load(Ordering::Relaxed) {
+                        if !pace.is_zero() {
+                            thread::sleep(pace);
+                        }
                         let began = Instant::now();
                         if conn.is_none() {
                             match TcpStream::connect(addr) {

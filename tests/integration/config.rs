@@ -84,6 +84,9 @@ fn help_explains_every_flag_with_its_default() {
         "--header-read-timeout",
         "--body-read-timeout",
         "--reload-exe",
+        "--keepalive-requests",
+        "--keepalive-time",
+        "--keepalive-timeout",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }

@@ -25,13 +25,15 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 
 /// The charts of the page, by their `data-chart` names.
-const CHARTS: [&str; 8] = [
+const CHARTS: [&str; 10] = [
     "rps-route",
     "rps-status",
     "latency",
     "bytes",
     "pool",
     "cpu",
+    "split",
+    "conns",
     "memory",
     "workers",
 ];
@@ -273,6 +275,19 @@ fn dashboard_fills_with_live_figures_in_chromium() {
         .sum();
     assert!(cpu > 0.0, "{}", report());
     assert!(get("rss-supervisor") > 0.0, "{}", report());
+    // How the work is split: requests/s and connections, one series per worker.
+    let split: Vec<f64> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("requests-worker-"))
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(split.len(), 2, "{}", report());
+    assert!(split.iter().sum::<f64>() > 0.0, "{}", report());
+    let conns = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("connections-worker-"))
+        .count();
+    assert_eq!(conns, 2, "{}", report());
     eprintln!(
         "dashboard test: {} load requests, {:.1} s",
         sent.load(Ordering::Relaxed),

@@ -2,6 +2,7 @@
 //! binary on a free loopback port and talks HTTP to it.
 
 mod api;
+mod balance;
 mod cli;
 mod cluster;
 mod config;
