@@ -3,13 +3,16 @@
 //! - deploy/fleet/fleet: two hashpress replicas behind nginx under wrk; one is killed
 //!   (SIGKILL) or stopped (SIGTERM) mid-run and no GET may fail. Needs nginx and wrk
 //!   (`.ci/run` installs both).
+//! - deploy/garage/cluster: a 3-node garage cluster with replication factor 3 keeps working
+//!   with one node down, refuses writes without quorum with two, and heals when they are back.
+//!   Needs the garage binary, which CI does not build (see `.ci/run`).
 //!
 //! Each script bounds its own run (wrk's duration, the manager's --ttl) and each test kills what
 //! is left if the script overstays.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -115,4 +118,79 @@ fn fleet_replica_sigtermed_under_wrk_fails_no_get() {
     let post = &r["post"];
     assert!(post["requests"].as_u64().unwrap() > 100, "{r}");
     assert!(post["failed"].as_u64().unwrap() <= 4, "{r}");
+}
+
+/// `deploy/garage/cluster ARGS...`: (exit code, stdout, stderr).
+fn cluster(args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo().join("deploy/garage/cluster")).args(args);
+    let out = run_bounded(cmd, Duration::from_secs(180));
+    let (o, e) = (text(&out.stdout), text(&out.stderr));
+    eprintln!("cluster {args:?}: {e}{o}");
+    (out.status.code().unwrap_or(-1), o, e)
+}
+
+/// Stops the cluster whatever happens to the test.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        cluster(&["down", &self.0]);
+    }
+}
+
+#[test]
+#[ignore = "needs garage (cargo install garage --version 2.5.0 --locked)"]
+fn garage_cluster_survives_one_node_down_and_heals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("garage").to_str().unwrap().to_string();
+    let (code, env, _) = cluster(&["up", "--dir", &dir, "--ttl", "170"]);
+    assert_eq!(code, 0);
+    let _down = Down(dir.clone());
+    for var in [
+        "AWS_ENDPOINT_URL='http://127.0.0.1:",
+        "AWS_ACCESS_KEY_ID='GK",
+        "AWS_SECRET_ACCESS_KEY='",
+        "AWS_REGION='garage'",
+        "AWS_ALLOW_HTTP='true'",
+        "S3_BUCKET='hashpress'",
+    ] {
+        assert!(env.contains(&format!("export {var}")), "no {var}: {env}");
+    }
+    // Each verify writes a new object through the first running node and reads it back through
+    // every running node, comparing SHA-256 digests.
+    let verify = || cluster(&["verify", &dir]);
+    let (code, out, _) = verify();
+    assert_eq!(
+        (code, out.matches("sha256 matches").count()),
+        (0, 3),
+        "{out}"
+    );
+
+    // Replication factor 3, quorum 2: one node down changes nothing for clients.
+    assert_eq!(cluster(&["kill", &dir, "3"]).0, 0);
+    let (code, out, _) = verify();
+    assert_eq!(
+        (code, out.matches("sha256 matches").count()),
+        (0, 2),
+        "{out}"
+    );
+
+    // Two down: no quorum; the write fails with the store's answer, in bounded time.
+    assert_eq!(cluster(&["kill", &dir, "2"]).0, 0);
+    let started = Instant::now();
+    let (code, _, err) = verify();
+    assert_ne!(code, 0, "a write without quorum must fail");
+    assert!(err.contains("quorum"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    // Back with the same identities and data: healthy again.
+    assert_eq!(cluster(&["restart", &dir, "2"]).0, 0);
+    assert_eq!(cluster(&["restart", &dir, "3"]).0, 0);
+    let (code, out, _) = verify();
+    assert_eq!(
+        (code, out.matches("sha256 matches").count()),
+        (0, 3),
+        "{out}"
+    );
 }
