@@ -108,28 +108,35 @@ def wait_gone(pids, timeout):
 
 
 def stop_child(proc, sig=signal.SIGTERM, timeout=10.0):
-    """Stops a child: `sig` to it alone (it stops its own children in order: a second signal
-    might hurry them), then SIGKILL to whatever of its tree is left after `timeout` seconds."""
-    if proc is None:
-        return
-    tree = descendants(proc.pid)
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    if proc.poll() is None:
-        tree += descendants(proc.pid)
-        proc.kill()
-    proc.wait()
-    if not wait_gone(tree, 1.0):
-        for p in tree:
+    """Stops one child: see stop_children."""
+    stop_children([proc], sig, timeout)
+
+
+def stop_children(procs, sig=signal.SIGTERM, timeout=10.0):
+    """Stops children together: `sig` to each of them alone (each stops its own children in
+    order: a second signal might hurry them), then, past `timeout` seconds, SIGKILL to whatever
+    is left of their process trees."""
+    procs = [p for p in procs if p is not None]
+    trees = {p.pid: descendants(p.pid) for p in procs}
+    for p in procs:
+        if p.poll() is None:
             try:
-                os.kill(p, signal.SIGKILL)
+                os.kill(p.pid, sig)
+            except ProcessLookupError:
+                pass
+    end = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            trees[p.pid] += descendants(p.pid)
+            p.kill()
+            p.wait()
+    leftovers = [pid for tree in trees.values() for pid in tree]
+    if not wait_gone(leftovers, 1.0):
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
