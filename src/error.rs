@@ -5,7 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::cpu_pool::PoolError;
-use crate::root::{OpenError, PathError};
+use crate::root::PathError;
+use crate::storage::StorageError;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -26,6 +27,8 @@ pub enum ApiError {
     WritesDisabled,
     /// 403: the file system refused the write (read-only, permissions).
     WriteRefused(String),
+    /// 403: the object store refused our credentials or this key.
+    AccessDenied(String),
     /// 404: no such file under the root.
     FileNotFound(String),
     /// 404: no such route.
@@ -44,6 +47,10 @@ pub enum ApiError {
     Draining,
     /// 507: the disk is full.
     NoSpace,
+    /// 502: the object store cannot be reached, or failed, after the retries.
+    StorageUnavailable(String),
+    /// 504: the object store did not answer within `--s3-deadline`.
+    StorageTimeout(String),
     /// 500: a real internal fault. The detail is logged, never sent.
     Internal(String),
 }
@@ -54,7 +61,9 @@ impl ApiError {
         match self {
             BadQuery(_) | BadPath(_) | NotAFile(_) | BadBody(_) => StatusCode::BAD_REQUEST,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            OutsideRoot(_) | WritesDisabled | WriteRefused(_) => StatusCode::FORBIDDEN,
+            OutsideRoot(_) | WritesDisabled | WriteRefused(_) | AccessDenied(_) => {
+                StatusCode::FORBIDDEN
+            }
             FileNotFound(_) | NoRoute(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -62,6 +71,8 @@ impl ApiError {
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Overloaded | Draining => StatusCode::SERVICE_UNAVAILABLE,
             NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            StorageUnavailable(_) => StatusCode::BAD_GATEWAY,
+            StorageTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,6 +89,7 @@ impl ApiError {
             OutsideRoot(_) => "outside_root",
             WritesDisabled => "writes_disabled",
             WriteRefused(_) => "write_refused",
+            AccessDenied(_) => "access_denied",
             FileNotFound(_) => "not_found",
             NoRoute(_) => "no_route",
             MethodNotAllowed(_) => "method_not_allowed",
@@ -87,6 +99,8 @@ impl ApiError {
             Overloaded => "overloaded",
             Draining => "draining",
             NoSpace => "no_space",
+            StorageUnavailable(_) => "storage_unavailable",
+            StorageTimeout(_) => "storage_timeout",
             Internal(_) => "internal",
         }
     }
@@ -95,7 +109,9 @@ impl ApiError {
         use ApiError::*;
         match self {
             BadQuery(m) | BadPath(m) | BadBody(m) | OutsideRoot(m) | SourceChanged(m)
-            | WriteRefused(m) => m.clone(),
+            | WriteRefused(m) | AccessDenied(m) | StorageUnavailable(m) | StorageTimeout(m) => {
+                m.clone()
+            }
             NotAFile(p) => format!("'{p}' is not a regular file"),
             Unauthorized(false) => {
                 "this endpoint requires 'Authorization: Bearer <token>'".into()
@@ -123,12 +139,22 @@ impl ApiError {
         }
     }
 
-    pub fn from_open(e: OpenError, shown: &str) -> ApiError {
+    /// A storage error about `shown`, met while reading it (`writing`
+    /// false) or writing it: local faults differ (a read has no disk to fill).
+    pub fn from_storage(e: StorageError, shown: &str, writing: bool) -> ApiError {
         match e {
-            OpenError::NotFound => ApiError::FileNotFound(shown.into()),
-            OpenError::Forbidden(why) => ApiError::OutsideRoot(format!("'{shown}': {why}")),
-            OpenError::NotAFile => ApiError::NotAFile(shown.into()),
-            OpenError::Io(e) => ApiError::from_io(e, shown),
+            StorageError::NotFound => ApiError::FileNotFound(shown.into()),
+            StorageError::Forbidden(why) => ApiError::OutsideRoot(format!("'{shown}': {why}")),
+            StorageError::Denied(why) => ApiError::AccessDenied(format!("'{shown}': {why}")),
+            StorageError::NotAFile => ApiError::NotAFile(shown.into()),
+            StorageError::BadKey(why) => ApiError::BadPath(format!("'{shown}': {why}")),
+            StorageError::Changed(how) => ApiError::SourceChanged(format!("'{shown}' {how}")),
+            StorageError::Unavailable(why) => {
+                ApiError::StorageUnavailable(format!("'{shown}': {why}"))
+            }
+            StorageError::Timeout(why) => ApiError::StorageTimeout(format!("'{shown}': {why}")),
+            StorageError::Io(e) if writing => ApiError::from_io(e, shown),
+            StorageError::Io(e) => ApiError::Internal(format!("reading '{shown}': {e}")),
         }
     }
 

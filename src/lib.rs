@@ -2,7 +2,8 @@
 //!
 //! `kernel` holds the pure digest and gzip code; `http` the API; `server`
 //! the accept loop; `cpu_pool` the bounded pool that runs heavy work;
-//! `root` confines every file access to the served directory;
+//! `root` confines every file access to the served directory; `storage`
+//! puts that directory, or an S3 bucket prefix, behind one interface;
 //! `supervisor` runs the cluster mode (one supervisor, N worker processes).
 
 pub mod config;
@@ -17,4 +18,5 @@ pub mod root;
 pub mod serve;
 pub mod server;
 pub mod shutdown;
+pub mod storage;
 pub mod supervisor;

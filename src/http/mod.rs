@@ -5,6 +5,7 @@ pub mod auth;
 mod body;
 mod compress;
 mod dashboard;
+mod file_job;
 mod hash;
 mod health;
 mod observe;
@@ -23,7 +24,7 @@ use axum::routing::{get, post};
 use crate::config::Limit;
 use crate::cpu_pool::CpuPool;
 use crate::metrics::{Region, Slot};
-use crate::root::Root;
+use crate::storage::Storage;
 
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone)]
@@ -32,8 +33,8 @@ pub struct AppState {
 }
 
 pub struct Inner {
-    /// The only directory tree we read or write.
-    pub root: Arc<Root>,
+    /// The only directory tree or bucket prefix we read or write.
+    pub storage: Arc<dyn Storage>,
     /// Where hashing of files and all compression runs.
     pub pool: CpuPool,
     /// This process's counters: its slot in the shared metrics region.
@@ -155,7 +156,9 @@ pub(crate) fn test_state(root: &std::path::Path) -> AppState {
     let metrics = region.slot(slot);
     AppState {
         inner: Arc::new(Inner {
-            root: Arc::new(Root::open(root).expect("test root")),
+            storage: Arc::new(crate::storage::local::LocalStorage::new(
+                crate::root::Root::open(root).expect("test root"),
+            )),
             pool: CpuPool::new(1, 4, metrics),
             metrics,
             region,

@@ -77,7 +77,9 @@ pub fn run(args: ServeArgs, id: usize) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let root = match crate::serve::open_root(&args) {
+    // The supervisor checked that the store answers; a worker started while
+    // it is briefly down must not crash-loop, and answers 502 until it is back.
+    let root = match crate::serve::open_root(&args, false) {
         Ok(r) => r,
         Err(code) => return code,
     };

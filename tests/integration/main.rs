@@ -10,4 +10,5 @@ mod hardening;
 mod helpers;
 mod lifecycle;
 mod metrics;
+mod storage;
 mod streaming;
