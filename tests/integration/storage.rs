@@ -919,7 +919,19 @@ fn s3_memory_stays_flat() {
     let t = Instant::now();
     let addr = srv.addr;
     let all: Vec<_> = (0..16)
-        .map(|_| std::thread::spawn(move || request(addr, "GET", "/hash-file/gib.bin", &[], b"")))
+        .map(|_| {
+            std::thread::spawn(move || {
+                // Answers come at the end of 16 GiB of reads: wait longer
+                // than `request` does.
+                let mut s = connect(addr);
+                s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+                s.write_all(
+                    b"GET /hash-file/gib.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+                read_response(&mut s)
+            })
+        })
         .collect();
     for h in all {
         let r = h.join().unwrap();
