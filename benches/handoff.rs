@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hashpress::cpu_pool::CpuPool;
+use hashpress::cpu_pool::{CpuPool, PoolLimits};
 use hashpress::kernel::{AlgorithmList, MultiHasher};
 use hashpress::metrics::Slot;
 
@@ -16,7 +16,14 @@ fn handoff(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let pool = CpuPool::new(1, 64, Box::leak(Slot::new_boxed()));
+    let pool = CpuPool::new(
+        PoolLimits {
+            threads: 1,
+            queue: 64,
+            max_wait: std::time::Duration::from_secs(1),
+        },
+        Box::leak(Slot::new_boxed()),
+    );
     let chunk: Arc<Vec<u8>> = Arc::new((0..65536u32).map(|i| i as u8).collect());
     let algs = AlgorithmList::default_list();
     let hash = |data: &[u8], algs: &AlgorithmList| {

@@ -19,11 +19,12 @@ use crate::storage::RootArg;
 #[derive(Parser, Debug)]
 #[command(
     name = "hashpress",
-    version,
+    version = crate::build_info::LONG,
     about = "Streaming hash and gzip HTTP server",
-    long_about = "hashpress hashes (SHA-256, SHA-512, SHA-1, MD5, BLAKE3, CRC32C) and gzips request \
-bodies and files under one served directory or S3 bucket prefix, as streams, on a bounded CPU \
-pool.\n\n\
+    long_about = "hashpress hashes (SHA-2, SHA-3, SHA-1, MD5, BLAKE3, CRC32, CRC32C, CRC64NVME, XXH3) \
+and gzips request bodies, files and whole trees under one served directory (or the objects under \
+an S3 bucket prefix), as streams, on a bounded CPU pool. `hashpress hash` and `hashpress check` \
+do the same for files and trees on the command line, without a server.\n\n\
 Start it with `hashpress serve --root DIR`, then e.g.\n  \
 curl --data-binary @file 'http://127.0.0.1:3000/hash?alg=sha256,blake3'\n  \
 curl http://127.0.0.1:3000/hash-file/some/file.bin\n  \
@@ -47,7 +48,75 @@ GET|POST /compress/{path}, POST /compress, /metrics, /metrics.json, /dashboard, 
 By default a supervisor runs 2 worker processes on one socket (--workers 0: a single process). \
 gzip inputs of 4 MiB or more are compressed in parallel (128 KiB blocks on every pool thread, \
 one gzip stream); ?parallel=0|1 chooses.")]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Digests of files and trees, as `sha256sum`/`b3sum` print them, without a server.
+    #[command(
+        long_about = "Digests of files and (with -r) whole trees, without a server, \
+computed in parallel on every core. Output is what `sha256sum` prints (`--alg blake3`: what \
+`b3sum` prints), so `sha256sum -c` and `hashpress check` read it back. A tree is walked in \
+byte-wise path order and never leaves the directory through a symlink.\n\n\
+Exit status: 0 all read, 2 a usage or read error.\n\n\
+Examples:\n  hashpress hash -r release/ > SHA256SUMS\n  \
+hashpress hash --alg blake3,sha256 --json big.iso\n  cat f | hashpress hash -"
+    )]
+    Hash(HashArgs),
+    /// Checks files against a manifest: what changed, what is missing (and what is new).
+    #[command(
+        long_about = "Checks the files under DIR (-C, default .) against MANIFEST \
+(`-` for standard input) in any format `hashpress hash` or `GET /manifest` writes: \
+sha256sum/b3sum lines, BSD tags, NDJSON (detected), BagIt (--format bagit). Prints \
+`path: OK`, `path: FAILED`, `path: FAILED open or read` (missing) like `sha256sum -c`, and with \
+--new `path: NEW` for files present but not listed.\n\n\
+Exit status: 0 all good, 1 a mismatch or a missing file (or a new one, with --new), 2 a usage \
+or read error."
+    )]
+    Check(CheckArgs),
+}
+
+/// `hashpress hash`.
+#[derive(Args, Debug, Clone)]
+pub struct HashArgs {
+    /// Walk directories recursively (without it a directory is an error, as for sha256sum).
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Digest algorithms, a comma list; the first one is printed in the text formats.
+    #[arg(long, default_value = "sha256", value_name = "LIST")]
+    pub alg: String,
+    /// Output format.
+    #[arg(long, default_value = "sha256sum", value_name = "FORMAT",
+          value_parser = ["sha256sum", "bsd", "bagit", "ndjson"])]
+    pub format: String,
+    /// One JSON object per file (the NDJSON format, every requested digest).
+    #[arg(long)]
+    pub json: bool,
+    /// Files and directories; `-` is standard input.
+    #[arg(value_name = "PATH", default_value = "-")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// `hashpress check`.
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Also report files present under DIR but not listed, and fail on them.
+    #[arg(long)]
+    pub new: bool,
+    /// The directory the manifest's paths are relative to.
+    #[arg(
+        short = 'C',
+        long = "directory",
+        default_value = ".",
+        value_name = "DIR"
+    )]
+    pub dir: PathBuf,
+    /// Algorithm of manifests that do not name one (sha256sum and BagIt lines).
+    #[arg(long, default_value = "sha256", value_name = "ALG")]
+    pub alg: String,
+    /// Manifest format; detected when not given (BagIt must be named).
+    #[arg(long, value_name = "FORMAT", value_parser = ["sha256sum", "bsd", "bagit", "ndjson"])]
+    pub format: Option<String>,
+    /// The manifest; `-` is standard input.
+    #[arg(value_name = "MANIFEST")]
+    pub manifest: PathBuf,
 }
 
 /// How log lines are written.
@@ -144,10 +213,18 @@ pub struct ServeArgs {
     )]
     pub pool_threads: usize,
 
-    /// Jobs that may wait for a pool thread; a request arriving when it is full gets 503
-    /// with Retry-After. 0 = 32 per pool thread. A job is at most 1 MiB of work (~0.5 ms
-    /// of SHA-256, ~10 ms of gzip), so a full queue means at most ~16 ms of hashing or
-    /// ~0.3 s of gzip waiting per thread, while 64 concurrent clients are not shed.
+    /// Longest a request may expect to wait for the CPU pool. A request whose first job
+    /// would wait longer behind the work already queued (estimated from the jobs' measured
+    /// run times) is refused at once with 503 and a Retry-After of the measured backlog;
+    /// one that still waits this long is refused then. Requests already running are never
+    /// shed. (units: ms, s, m; a bare number is seconds)
+    #[arg(long, env = "HASHPRESS_MAX_QUEUE_WAIT", default_value = "500ms", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub max_queue_wait: Duration,
+
+    /// Most jobs waiting for a pool thread, a bound on the memory they hold (a job is at
+    /// most 1 MiB of work); a request arriving when it is full gets 503 with Retry-After.
+    /// 0 = 1024 per pool thread, far more than --max-queue-wait lets in for any real job.
     #[arg(
         long,
         env = "HASHPRESS_POOL_QUEUE",
@@ -175,8 +252,9 @@ pub struct ServeArgs {
           value_parser = parse_size)]
     pub max_header_bytes: u64,
 
-    /// A client that has not sent its full request head within this time is disconnected
-    /// (units: ms, s, m; a bare number is seconds).
+    /// A client that has not sent the full head of its first request within this time of
+    /// connecting is disconnected; later requests have --keepalive-timeout (units: ms, s,
+    /// m; a bare number is seconds).
     #[arg(long, env = "HASHPRESS_HEADER_READ_TIMEOUT", default_value = "10s", value_name = "DURATION",
           value_parser = parse_duration)]
     pub header_read_timeout: Duration,
@@ -196,6 +274,31 @@ pub struct ServeArgs {
     )]
     pub max_connections: usize,
 
+    /// Answers on one connection before it ends: the Nth answer carries `Connection: close`,
+    /// so the client reconnects and the connection is placed again (on the least loaded
+    /// worker). 0 = no limit. As nginx's `keepalive_requests`.
+    #[arg(
+        long,
+        env = "HASHPRESS_KEEPALIVE_REQUESTS",
+        default_value = "1000",
+        value_name = "N"
+    )]
+    pub keepalive_requests: u64,
+
+    /// Age of a connection past which its next answer carries `Connection: close`
+    /// (0 = no limit). As nginx's `keepalive_time` (units: ms, s, m, h).
+    #[arg(long, env = "HASHPRESS_KEEPALIVE_TIME", default_value = "1h", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub keepalive_time: Duration,
+
+    /// An idle keep-alive connection is closed when its next request has not fully
+    /// arrived within this time of the previous answer (the first request of a
+    /// connection has --header-read-timeout instead). 0 turns keep-alive off: every
+    /// answer carries `Connection: close`. As nginx's `keepalive_timeout`.
+    #[arg(long, env = "HASHPRESS_KEEPALIVE_TIMEOUT", default_value = "75s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the
     /// process exits anyway.
     #[arg(long, env = "HASHPRESS_GRACE", default_value = "30s", value_name = "DURATION",
@@ -214,6 +317,14 @@ pub struct ServeArgs {
     #[arg(long, env = "HASHPRESS_READY_TIMEOUT", default_value = "30s", value_name = "DURATION",
           value_parser = parse_duration)]
     pub ready_timeout: Duration,
+
+    /// Cluster mode: the binary a SIGHUP reload starts the new workers from. By default
+    /// the path this supervisor was started by (argv[0], made absolute against the start
+    /// directory or looked up in PATH, symlinks not resolved), so all of these upgrade:
+    /// swapping a `current -> releases/vN` symlink, renaming the old file aside and
+    /// putting the new one in its place, or replacing the file in place.
+    #[arg(long, env = "HASHPRESS_RELOAD_EXE", value_name = "PATH")]
+    pub reload_exe: Option<PathBuf>,
 
     /// Cluster mode: a worker whose resident memory (VmRSS, checked every second) passes
     /// this size is recycled gracefully: a replacement starts, and once it is ready the
@@ -282,10 +393,10 @@ impl ServeArgs {
         }
     }
 
-    /// Pool queue after applying "0 = 32 per thread".
+    /// Pool queue after applying "0 = 1024 per thread".
     pub fn effective_pool_queue(&self) -> usize {
         if self.pool_queue == 0 {
-            32 * self.effective_pool_threads()
+            1024 * self.effective_pool_threads()
         } else {
             self.pool_queue
         }

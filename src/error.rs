@@ -5,7 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::cpu_pool::PoolError;
-use crate::root::PathError;
+use crate::metrics::ShedReason;
+use crate::root::{OpenError, PathError};
 use crate::storage::StorageError;
 
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub enum ApiError {
     NotAFile(String),
     /// 400: the request body could not be read (malformed chunked encoding, ...).
     BadBody(String),
+    /// 400: the request head breaks HTTP/1.1 (Host, Authorization, chunked twice).
+    BadHead(&'static str),
     /// 401: no valid bearer token (`--token-file`); true when one was
     /// presented but is not accepted.
     Unauthorized(bool),
@@ -41,12 +44,21 @@ pub enum ApiError {
     SourceChanged(String),
     /// 413: the body is larger than `--max-body`.
     BodyTooLarge(u64),
-    /// 503: the CPU pool's queue is full; retry shortly.
-    Overloaded,
+    /// 501: a transfer coding other than `chunked`.
+    TransferCodingNotImplemented,
+    /// 503: the CPU pool shed the request; `retry_after` (whole seconds, at
+    /// least 1) is the measured backlog.
+    Overloaded {
+        reason: ShedReason,
+        retry_after: u64,
+    },
     /// 503: the server is draining.
     Draining,
     /// 507: the disk is full.
     NoSpace,
+    /// 501: this endpoint needs a directory `--root` (a tree manifest of an
+    /// object store is not walked).
+    NeedsDirectory,
     /// 502: the object store cannot be reached, or failed, after the retries.
     StorageUnavailable(String),
     /// 504: the object store did not answer within `--s3-deadline`.
@@ -59,7 +71,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            BadQuery(_) | BadPath(_) | NotAFile(_) | BadBody(_) => StatusCode::BAD_REQUEST,
+            BadQuery(_) | BadPath(_) | NotAFile(_) | BadBody(_) | BadHead(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             OutsideRoot(_) | WritesDisabled | WriteRefused(_) | AccessDenied(_) => {
                 StatusCode::FORBIDDEN
@@ -69,7 +83,8 @@ impl ApiError {
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             SourceChanged(_) => StatusCode::CONFLICT,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Overloaded | Draining => StatusCode::SERVICE_UNAVAILABLE,
+            TransferCodingNotImplemented | NeedsDirectory => StatusCode::NOT_IMPLEMENTED,
+            Overloaded { .. } | Draining => StatusCode::SERVICE_UNAVAILABLE,
             NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             StorageUnavailable(_) => StatusCode::BAD_GATEWAY,
             StorageTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -85,6 +100,7 @@ impl ApiError {
             BadPath(_) => "bad_path",
             NotAFile(_) => "not_a_file",
             BadBody(_) => "bad_body",
+            BadHead(_) => "bad_head",
             Unauthorized(_) => "unauthorized",
             OutsideRoot(_) => "outside_root",
             WritesDisabled => "writes_disabled",
@@ -96,7 +112,9 @@ impl ApiError {
             BodyTimeout(_) => "body_timeout",
             SourceChanged(_) => "source_changed",
             BodyTooLarge(_) => "body_too_large",
-            Overloaded => "overloaded",
+            TransferCodingNotImplemented => "transfer_coding_not_implemented",
+            NeedsDirectory => "needs_directory",
+            Overloaded { .. } => "overloaded",
             Draining => "draining",
             NoSpace => "no_space",
             StorageUnavailable(_) => "storage_unavailable",
@@ -112,6 +130,7 @@ impl ApiError {
             | WriteRefused(m) | AccessDenied(m) | StorageUnavailable(m) | StorageTimeout(m) => {
                 m.clone()
             }
+            BadHead(m) => (*m).into(),
             NotAFile(p) => format!("'{p}' is not a regular file"),
             Unauthorized(false) => {
                 "this endpoint requires 'Authorization: Bearer <token>'".into()
@@ -125,7 +144,26 @@ impl ApiError {
             MethodNotAllowed(allow) => format!("method not allowed here; allowed: {allow}"),
             BodyTimeout(s) => format!("no body data arrived for {s} s; request abandoned"),
             BodyTooLarge(limit) => format!("the body exceeds the limit of {limit} bytes (--max-body)"),
-            Overloaded => "the CPU pool's queue is full; retry after the delay in Retry-After".into(),
+            NeedsDirectory => "tree manifests walk a directory; this server serves an object \
+                               store (--root s3://...)"
+                .into(),
+            TransferCodingNotImplemented => {
+                "only the chunked transfer coding is implemented (RFC 9112 §6.1); send the body as is or chunked".into()
+            }
+            Overloaded {
+                reason: ShedReason::Wait,
+                retry_after,
+            } => format!(
+                "the server is busy: the work queued ahead would make this request wait longer \
+                 than --max-queue-wait; retry in {retry_after} s (Retry-After)"
+            ),
+            Overloaded {
+                reason: ShedReason::Memory,
+                retry_after,
+            } => format!(
+                "the server is busy: the CPU pool's queue is full (--pool-queue); retry in \
+                 {retry_after} s (Retry-After)"
+            ),
             Draining => "the server is shutting down; retry on another instance".into(),
             NoSpace => "no space left on the device for the output file".into(),
             Internal(_) => "internal error; the server logged the details".into(),
@@ -136,6 +174,15 @@ impl ApiError {
         match e {
             PathError::Malformed(m) => ApiError::BadPath(m),
             PathError::Escapes(m) => ApiError::OutsideRoot(m),
+        }
+    }
+
+    pub fn from_open(e: OpenError, shown: &str) -> ApiError {
+        match e {
+            OpenError::NotFound => ApiError::FileNotFound(shown.into()),
+            OpenError::Forbidden(why) => ApiError::OutsideRoot(format!("'{shown}': {why}")),
+            OpenError::NotAFile => ApiError::NotAFile(shown.into()),
+            OpenError::Io(e) => ApiError::from_io(e, shown),
         }
     }
 
@@ -184,7 +231,11 @@ fn os_reason(e: &std::io::Error) -> String {
 impl From<PoolError> for ApiError {
     fn from(e: PoolError) -> ApiError {
         match e {
-            PoolError::Overloaded => ApiError::Overloaded,
+            PoolError::Overloaded { reason, backlog } => ApiError::Overloaded {
+                reason,
+                // Rounded up: a client told "0" would come straight back.
+                retry_after: backlog.as_secs_f64().ceil().clamp(1.0, 60.0) as u64,
+            },
             PoolError::Failed => ApiError::Internal("a CPU pool job failed".into()),
         }
     }
@@ -199,7 +250,10 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status(), axum::Json(body)).into_response();
         let headers = resp.headers_mut();
         match &self {
-            ApiError::Overloaded | ApiError::Draining => {
+            ApiError::Overloaded { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ApiError::Draining => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Unauthorized(presented) => {
@@ -215,6 +269,11 @@ impl IntoResponse for ApiError {
                 if let Ok(v) = HeaderValue::from_str(allow) {
                     headers.insert(header::ALLOW, v);
                 }
+            }
+            // The body was left unread, and a client this far off the
+            // protocol is best not trusted with the next request either.
+            ApiError::BadHead(_) | ApiError::TransferCodingNotImplemented => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -1,11 +1,15 @@
 //! hashpress: a streaming hash and gzip HTTP server.
 //!
 //! `kernel` holds the pure digest and gzip code; `http` the API; `server`
-//! the accept loop; `cpu_pool` the bounded pool that runs heavy work;
+//! the accept loop and its connections; `accept_gate` evens connections
+//! across workers; `cpu_pool` the bounded pool that runs heavy work;
 //! `root` confines every file access to the served directory; `storage`
 //! puts that directory, or an S3 bucket prefix, behind one interface;
 //! `supervisor` runs the cluster mode (one supervisor, N worker processes).
 
+pub mod accept_gate;
+pub mod build_info;
+pub mod cli;
 pub mod config;
 pub mod cpu_pool;
 pub mod digest_cache;
@@ -20,3 +24,4 @@ pub mod server;
 pub mod shutdown;
 pub mod storage;
 pub mod supervisor;
+pub mod tree;

@@ -20,7 +20,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(argv);
     match cli.command {
+        Command::Hash(args) => hashpress::cli::hash(&args),
+        Command::Check(args) => hashpress::cli::check(&args),
         Command::Serve(args) => {
+            let args = *args;
             // Started by a supervisor: the worker role, whatever --workers says.
             if let Some(id) = supervisor::child::worker_id() {
                 return supervisor::child::run(args, id);
@@ -80,6 +83,7 @@ fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
             io_threads = args.effective_io_threads(),
             pool_threads = args.effective_pool_threads(),
             pool_queue = args.effective_pool_queue(),
+            max_queue_wait_ms = args.max_queue_wait.as_millis() as u64,
             allow_write = args.allow_write,
             "listening on http://{addr}"
         );

@@ -99,6 +99,17 @@ impl RelPath {
         })
     }
 
+    /// A path the tree walk built from names it listed under a checked
+    /// start: each name came from the directory itself, so it holds no
+    /// '/', is not "." or "..", and has no NUL.
+    pub(crate) fn from_walk(bytes: Vec<u8>) -> RelPath {
+        RelPath { bytes }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     pub fn as_os_str(&self) -> &OsStr {
         OsStr::from_bytes(&self.bytes)
     }
@@ -231,6 +242,24 @@ impl Root {
             return Err(OpenError::NotAFile);
         }
         Ok((file, meta.len()))
+    }
+
+    /// Opens a directory under the root (`None`: the root itself) for a walk.
+    pub fn open_dir(&self, rel: Option<&RelPath>) -> Result<OwnedFd, OpenError> {
+        let path = rel.map_or(b"." as &[u8], |r| &r.bytes);
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        self.resolve(self.dir.as_raw_fd(), path, flags, 0)
+            .map_err(|e| match e {
+                // ENOTDIR means "a file", not "missing", for the last component.
+                OpenError::NotFound if self.is_file(path) => OpenError::NotAFile,
+                e => e,
+            })
+    }
+
+    fn is_file(&self, path: &[u8]) -> bool {
+        let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+        self.resolve(self.dir.as_raw_fd(), path, flags, 0)
+            .is_ok_and(|fd| File::from(fd).metadata().is_ok_and(|m| m.is_file()))
     }
 
     /// Opens the directory that would hold `rel`, for creating files in it.

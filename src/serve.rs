@@ -5,13 +5,14 @@ use std::sync::atomic::AtomicBool;
 
 use tokio::net::TcpListener;
 
+use crate::accept_gate::AcceptGate;
 use crate::config::ServeArgs;
-use crate::cpu_pool::CpuPool;
+use crate::cpu_pool::{CpuPool, PoolLimits};
 use crate::digest_cache::DigestCache;
 use crate::http::auth::{Access, Tokens};
 use crate::http::{AppState, Inner, admin_app, app};
 use crate::metrics::Region;
-use crate::server::{self, ServerOptions};
+use crate::server::{self, KeepAlive, ServerOptions};
 use crate::shutdown;
 use crate::storage::Backend;
 
@@ -101,6 +102,7 @@ fn own_region() -> std::io::Result<(&'static Region, usize)> {
         .claim(0)
         .ok_or_else(|| std::io::Error::other("no free metrics slot"))?;
     region.set_pid(slot, std::process::id());
+    region.set_own_build(&crate::build_info::Build::own());
     Ok((region, slot))
 }
 
@@ -112,8 +114,12 @@ pub async fn serve_until(
     shutdown: shutdown::Shutdown,
     hooks: ServeHooks,
 ) {
-    // A worker records into the slot its supervisor gave it; a single
-    // process makes a region of its own.
+    // A worker records into the slot its supervisor gave it, and gates its
+    // accepts by its peers' connections; a single process makes a region of
+    // its own.
+    let gate = hooks
+        .metrics
+        .map(|(region, slot)| AcceptGate::new(region, slot));
     let (region, slot) = match hooks.metrics {
         Some(m) => m,
         None => match own_region() {
@@ -133,7 +139,7 @@ pub async fn serve_until(
         }
     };
     let metrics = region.slot(slot);
-    let storage = match root.into_storage(metrics) {
+    let crate::storage::Served { storage, dir } = match root.into_storage(metrics) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the storage");
@@ -141,13 +147,17 @@ pub async fn serve_until(
         }
     };
     let pool = CpuPool::new(
-        args.effective_pool_threads(),
-        args.effective_pool_queue(),
+        PoolLimits {
+            threads: args.effective_pool_threads(),
+            queue: args.effective_pool_queue(),
+            max_wait: args.max_queue_wait,
+        },
         metrics,
     );
     let state = AppState {
         inner: Arc::new(Inner {
             storage: Arc::clone(&storage),
+            root: dir,
             pool,
             metrics,
             region,
@@ -172,6 +182,12 @@ pub async fn serve_until(
         max_connections: args.max_connections,
         grace: args.grace,
         drain_linger: hooks.drain_linger,
+        keep_alive: KeepAlive {
+            requests: args.keepalive_requests,
+            time: args.keepalive_time,
+            timeout: args.keepalive_timeout,
+        },
+        gate: None,
     };
     if hooks.reload_tokens_on_sighup {
         tokio::spawn(reload_on_sighup(tokens));
@@ -185,9 +201,15 @@ pub async fn serve_until(
         let app = admin_app(state.clone());
         tokio::spawn(async move { server::run(l, app, admin_opts, down).await })
     });
+    // Peers count this worker in before the supervisor hears it is ready
+    // (and starts moving connections to it).
+    if let Some(g) = gate {
+        g.mark_accepting();
+    }
     if let Some(ready) = hooks.on_ready {
         ready();
     }
+    let opts = ServerOptions { gate, ..opts };
     server::run(listener, app(state), opts, shutdown).await;
     if let Some(admin) = admin {
         let _ = admin.await;

@@ -2,7 +2,7 @@
 //! (`--admin-listen`).
 //!
 //! The token file holds one token per line; blank lines and lines starting
-//! with `#` are ignored. Every endpoint except `/healthz` and `/readyz`
+//! with `#` are ignored. Every endpoint except those of `OPEN_PATHS`
 //! then requires `Authorization: Bearer <token>`; anything else gets 401
 //! with `WWW-Authenticate: Bearer`. Tokens are kept only as SHA-256 digests
 //! and a presented token is compared against every one of them in constant
@@ -23,9 +23,10 @@ use super::AppState;
 use crate::error::ApiError;
 
 /// Paths that never require a token: probes must work without secrets, and
-/// a browser cannot send one when it opens the dashboard (a static page with
-/// no figures in it: it sends the token itself when it polls `/metrics.json`).
-pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/dashboard"];
+/// a browser cannot send one when it opens the index page (links only) or
+/// the dashboard (a static page with no figures in it: it sends the token
+/// itself when it polls `/metrics.json`).
+pub const OPEN_PATHS: [&str; 4] = ["/", "/healthz", "/readyz", "/dashboard"];
 
 /// Who may call what, and where `/metrics` is served.
 #[derive(Clone, Default)]
@@ -159,7 +160,7 @@ pub fn exposure_warnings(
     out
 }
 
-/// Lets `/healthz`, `/readyz` and `/dashboard` through, and everything
+/// Lets `OPEN_PATHS` through, and everything
 /// else only with a valid bearer token (when a token file is configured).
 pub fn check(st: &AppState, req: &Request) -> Result<(), ApiError> {
     let Some(tokens) = &st.access.tokens else {

@@ -18,6 +18,7 @@ use super::body::BodyReader;
 use super::file_job::{Output, Source, path_after};
 use super::parallel_gzip::{self, AUTO_PARALLEL_BYTES};
 use super::query::Query;
+use crate::cpu_pool::Lane;
 use crate::error::ApiError;
 use crate::kernel::GzipStream;
 use crate::metrics::{Direction, Op};
@@ -48,6 +49,7 @@ pub async fn compress_file(
     let parallel = query.parallel()?;
     let rel = path_after(req.uri().path(), "/compress/")?;
     let src = Source::open(&st, &rel).await?;
+    src.plan(Op::Compress)?;
     if parallel.unwrap_or(src.size() >= AUTO_PARALLEL_BYTES) {
         return Ok(gzip_response(parallel_gzip::file_body(&st, src, level)));
     }
@@ -126,22 +128,30 @@ pub async fn compress_body(
         .parallel()?
         .unwrap_or(declared.is_some_and(|n| n >= AUTO_PARALLEL_BYTES));
     let body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
+    let lane = st.pool.lane();
+    if let Some(n) = declared {
+        lane.plan(Op::Compress, n)?;
+    }
     if parallel {
         // Admission, as for the serial path: 503 now if the pool is full.
-        st.pool.try_run(|| ()).await?;
-        return Ok(gzip_response(parallel_gzip::body_body(&st, body, level)));
+        lane.try_run(|| ()).await?;
+        return Ok(gzip_response(parallel_gzip::body_body(
+            &st, lane, body, level,
+        )));
     }
     // Admission: a request that cannot get a pool slot is refused now, with a
     // real 503, rather than after its response has started.
-    let gz = st.pool.try_run(move || GzipStream::new(level)).await?;
+    let gz = lane.try_run(move || GzipStream::new(level)).await?;
 
     struct Progress {
         st: AppState,
+        lane: Lane,
         body: BodyReader,
         gz: Option<GzipStream>,
     }
     let start = Progress {
         st: st.clone(),
+        lane,
         body,
         gz: Some(gz),
     };
@@ -153,19 +163,20 @@ pub async fn compress_body(
                 Err(e) => return Some((Err(stream_error(e)), p)),
             };
             let Some(chunk) = chunk else {
+                p.lane.done();
                 let tail = gz.finish();
                 p.st.metrics
                     .add_bytes(Op::Compress, Direction::Out, tail.len() as u64);
                 return Some((Ok(Bytes::from(tail)), p));
             };
             let n = chunk.len() as u64;
-            let job =
-                p.st.pool
-                    .run(move || {
-                        let out = gz.compress(&chunk);
-                        (gz, out)
-                    })
-                    .await;
+            let job = p
+                .lane
+                .run(move || {
+                    let out = gz.compress(&chunk);
+                    (gz, out)
+                })
+                .await;
             match job {
                 Ok((gz, out)) => {
                     p.st.metrics.add_bytes(Op::Compress, Direction::In, n);
@@ -197,9 +208,14 @@ pub async fn compress_to_file(
     let rel = path_after(req.uri().path(), "/compress/")?;
     let out_rel = rel.with_suffix(".gz").map_err(ApiError::from_path)?;
     let mut src = Source::open(&st, &rel).await?;
+    src.plan(Op::Compress)?;
     // From here on, any error or a client that leaves drops `state`, and
     // with it the output: no partial `.gz`, no temporary, no upload left.
-    let mut state = (GzipStream::new(level), Output::create(&st, &out_rel).await?);
+    let lane = src.lane();
+    let mut state = (
+        GzipStream::new(level),
+        Output::create(&st, &lane, &out_rel).await?,
+    );
     // Counted as it goes, like a download, so progress shows while it runs.
     let (mut counted_in, mut counted_out) = (0, 0);
     loop {
@@ -224,8 +240,7 @@ pub async fn compress_to_file(
     // The bytes read must be one version of a source that still exists.
     src.check_unchanged()?;
     let (gz, out) = state;
-    let (bytes_in, bytes_out, mut out) = st
-        .pool
+    let (bytes_in, bytes_out, mut out) = lane
         .run(move || {
             let (mut out, bytes_in, before_tail) = (out, gz.bytes_in(), gz.bytes_out());
             let tail = gz.finish();
@@ -237,7 +252,7 @@ pub async fn compress_to_file(
         .add_bytes(Op::Compress, Direction::Out, bytes_out - counted_out);
     out.flush().await?;
     let out_shown = out.shown().to_string();
-    out.commit(&st).await?;
+    out.commit(&lane).await?;
     Ok(Json(json!({
         "output": out_shown,
         "bytes_in": bytes_in,

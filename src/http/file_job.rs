@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use super::AppState;
-use crate::cpu_pool::PoolError;
+use crate::cpu_pool::{Lane, PoolError};
 use crate::error::ApiError;
+use crate::metrics::Op;
 use crate::root::RelPath;
 use crate::storage::{Identity, Object, PIECE_MAX, Piece, StorageError, Upload, Work};
 
@@ -17,20 +18,20 @@ pub fn path_after(uri_path: &str, prefix: &str) -> Result<RelPath, ApiError> {
     RelPath::parse(raw).map_err(ApiError::from_path)
 }
 
-/// Runs a backend's `Work` where it belongs. With `admit` this is the
-/// request's first use of the pool: refused at once (503) when the queue is
-/// full, before the disk or the store is touched.
+/// Runs a backend's `Work` where it belongs, in the request's lane. With
+/// `admit` this is the request's first use of the pool: refused at once
+/// (503) when the pool is too busy, before the disk or the store is touched.
 async fn run<T: Send + 'static>(
-    st: &AppState,
+    lane: &Lane,
     work: Work<T>,
     admit: bool,
 ) -> Result<Result<T, StorageError>, PoolError> {
     match work {
-        Work::Blocking(f) if admit => st.pool.try_run(f).await,
-        Work::Blocking(f) => st.pool.run(f).await,
+        Work::Blocking(f) if admit => lane.try_run(f).await,
+        Work::Blocking(f) => lane.run(f).await,
         Work::Async(fut) => {
             if admit {
-                st.pool.try_run(|| ()).await?;
+                lane.try_run(|| ()).await?;
             }
             Ok(fut.await)
         }
@@ -39,7 +40,8 @@ async fn run<T: Send + 'static>(
 
 /// A source opened for one request, read front to back.
 pub struct Source {
-    st: AppState,
+    /// The request's way into the CPU pool; every job of it goes there.
+    lane: Lane,
     obj: Box<dyn Object>,
     /// The key as the client wrote it, for answers and errors.
     shown: Arc<str>,
@@ -49,14 +51,24 @@ impl Source {
     /// Admission, then open.
     pub async fn open(st: &AppState, rel: &RelPath) -> Result<Source, ApiError> {
         let shown: Arc<str> = Arc::from(rel.display());
-        let obj = run(st, st.storage.open(rel), true)
+        let lane = st.pool.lane();
+        let obj = run(&lane, st.storage.open(rel), true)
             .await?
             .map_err(|e| ApiError::from_storage(e, &shown, false))?;
-        Ok(Source {
-            st: st.clone(),
-            obj,
-            shown,
-        })
+        Ok(Source { lane, obj, shown })
+    }
+
+    /// Admission by size, once the request knows it will read the whole
+    /// source for `op` (a digest-cache hit will not): refused at once (503)
+    /// when sharing the pool with the work already planned would make it
+    /// wait too long.
+    pub fn plan(&self, op: Op) -> Result<(), ApiError> {
+        Ok(self.lane.plan(op, self.size())?)
+    }
+
+    /// The request's lane, for jobs of its own (parallel blocks, the end).
+    pub fn lane(&self) -> Lane {
+        self.lane.clone()
     }
 
     pub fn shown(&self) -> &str {
@@ -97,11 +109,12 @@ impl Source {
         R: Send + 'static,
     {
         let Some(piece) = self.next(PIECE_MAX).await? else {
+            // All read: what it cost teaches the pool the cost per byte.
+            self.lane.done();
             return Ok((state, None));
         };
         let shown = self.shown_arc();
-        self.st
-            .pool
+        self.lane
             .run(move || {
                 let r = piece
                     .with_bytes(|bytes| f(&mut state, bytes))
@@ -156,10 +169,10 @@ pub struct Output {
 }
 
 impl Output {
-    /// Starts the output; the request must have been admitted already.
-    pub async fn create(st: &AppState, rel: &RelPath) -> Result<Output, ApiError> {
+    /// Starts the output of a request admitted already, in its `lane`.
+    pub async fn create(st: &AppState, lane: &Lane, rel: &RelPath) -> Result<Output, ApiError> {
         let shown: Arc<str> = Arc::from(rel.display());
-        let upload = run(st, st.storage.create(rel), false)
+        let upload = run(lane, st.storage.create(rel), false)
             .await?
             .map_err(|e| ApiError::from_storage(e, &shown, true))?;
         Ok(Output { upload, shown })
@@ -186,9 +199,9 @@ impl Output {
     }
 
     /// Makes the output visible, complete.
-    pub async fn commit(self, st: &AppState) -> Result<(), ApiError> {
+    pub async fn commit(self, lane: &Lane) -> Result<(), ApiError> {
         let Output { upload, shown } = self;
-        run(st, upload.commit(), false)
+        run(lane, upload.commit(), false)
             .await?
             .map_err(|e| ApiError::from_storage(e, &shown, true))
     }

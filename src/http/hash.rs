@@ -15,7 +15,7 @@ use super::query::Query;
 use crate::cpu_pool::Pending;
 use crate::digest_cache::Key;
 use crate::error::ApiError;
-use crate::kernel::{Digests, MultiHasher};
+use crate::kernel::{Digests, Encoding, MultiHasher};
 use crate::metrics::{Direction, Op};
 
 /// Body bytes hashed on the I/O thread as they arrive: a small body hashes
@@ -64,16 +64,20 @@ pub async fn hash_body(
     RawQuery(q): RawQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let algs = Query::parse(q.as_deref(), &["alg"])?.algorithms()?;
+    let query = Query::parse(q.as_deref(), &["alg", "encoding"])?;
+    let (algs, enc) = (query.algorithms()?, query.encoding()?);
     let mut body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
     let mut hasher = MultiHasher::new(&algs);
     while hasher.bytes() < INLINE_BODY {
         match body.next().await? {
             Some(chunk) => hasher.update(&chunk),
-            None => return Ok(body_digest(&st, hasher)),
+            None => return Ok(body_digest(&st, hasher, enc)),
         }
     }
     let offloaded = Offloaded::start();
+    // Not admitted: the upload is under way, and shedding it now would
+    // waste what was read. Its batches wait for room like any continuation.
+    let lane = st.pool.lane();
     // The hasher is either here or inside the one job that holds it.
     let mut idle = Some(hasher);
     let mut in_flight: Option<Pending<MultiHasher>> = None;
@@ -94,14 +98,13 @@ pub async fn hash_body(
             let work = std::mem::take(&mut batch);
             batch_len = 0;
             in_flight = Some(
-                st.pool
-                    .submit(move || {
-                        for piece in &work {
-                            hasher.update(piece);
-                        }
-                        hasher
-                    })
-                    .await?,
+                lane.submit(move || {
+                    for piece in &work {
+                        hasher.update(piece);
+                    }
+                    hasher
+                })
+                .await?,
             );
         }
         if end {
@@ -112,13 +115,13 @@ pub async fn hash_body(
         Some(job) => job.wait().await?,
         None => idle.expect("no job holds the hasher"),
     };
-    Ok(body_digest(&st, hasher))
+    Ok(body_digest(&st, hasher, enc))
 }
 
-fn body_digest(st: &AppState, hasher: MultiHasher) -> Response {
+fn body_digest(st: &AppState, hasher: MultiHasher, enc: Encoding) -> Response {
     st.metrics
         .add_bytes(Op::Hash, Direction::In, hasher.bytes());
-    digest_response(&hasher.finish(), None)
+    digest_response(&hasher.finish(), None, enc)
 }
 
 /// The digest of a file or object under the root, hashed on the CPU pool
@@ -128,7 +131,8 @@ pub async fn hash_file(
     RawQuery(q): RawQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let algs = Query::parse(q.as_deref(), &["alg"])?.algorithms()?;
+    let query = Query::parse(q.as_deref(), &["alg", "encoding"])?;
+    let (algs, enc) = (query.algorithms()?, query.encoding()?);
     let rel = path_after(req.uri().path(), "/hash-file/")?;
     let started = SystemTime::now();
     let mut src = Source::open(&st, &rel).await?;
@@ -140,8 +144,9 @@ pub async fn hash_file(
         && let Some(hit) = cache.get(key)
     {
         st.metrics.add_digest_cache(true);
-        return Ok(digest_response(&hit, Some(src.shown())));
+        return Ok(digest_response(&hit, Some(src.shown()), enc));
     }
+    src.plan(Op::Hash)?;
     let hasher = src
         .fold(MultiHasher::new(&algs), |h, bytes| h.update(bytes))
         .await?;
@@ -154,14 +159,14 @@ pub async fn hash_file(
         st.metrics.add_digest_cache(false);
         cache.insert(key, &digests, started);
     }
-    Ok(digest_response(&digests, Some(src.shown())))
+    Ok(digest_response(&digests, Some(src.shown()), enc))
 }
 
 /// The JSON answer of both endpoints, written directly: keys in
 /// alphabetical order (`algorithm`, `bytes`, `digests` by name, `hash`,
 /// `path`). Building a `serde_json::Value` for it cost more than hashing a
 /// small body (a dozen allocations and an escaping pass over hex digits).
-fn digest_response(d: &Digests, path: Option<&str>) -> Response {
+fn digest_response(d: &Digests, path: Option<&str>, enc: Encoding) -> Response {
     let (alg, hex) = d.primary();
     let mut out = String::with_capacity(96 + 150 * d.entries.len() + path.map_or(0, str::len));
     // Algorithm names and hex digits need no escaping.
@@ -172,14 +177,15 @@ fn digest_response(d: &Digests, path: Option<&str>) -> Response {
     out.push_str(r#","digests":{"#);
     // By name; the usual single digest needs no sorting (nor a Vec to sort in).
     if d.entries.len() == 1 {
-        push_digests(&mut out, d.entries.iter());
+        push_digests(&mut out, d.entries.iter(), enc);
     } else {
         let mut by_name: Vec<_> = d.entries.iter().collect();
         by_name.sort_unstable_by_key(|(a, _)| a.name());
-        push_digests(&mut out, by_name.into_iter());
+        push_digests(&mut out, by_name.into_iter(), enc);
     }
     out.push_str(r#"},"hash":""#);
-    out.push_str(hex);
+    // Hex digits and base64 (A-Z a-z 0-9 + / =) need no JSON escaping.
+    out.push_str(&enc.render(hex));
     out.push('"');
     if let Some(p) = path {
         out.push_str(r#","path":"#);
@@ -200,6 +206,7 @@ fn digest_response(d: &Digests, path: Option<&str>) -> Response {
 fn push_digests<'a>(
     out: &mut String,
     entries: impl Iterator<Item = &'a (crate::kernel::Algorithm, String)>,
+    enc: Encoding,
 ) {
     for (i, (a, h)) in entries.enumerate() {
         if i > 0 {
@@ -208,7 +215,7 @@ fn push_digests<'a>(
         out.push('"');
         out.push_str(a.name());
         out.push_str(r#"":""#);
-        out.push_str(h);
+        out.push_str(&enc.render(h));
         out.push('"');
     }
 }
@@ -238,7 +245,7 @@ mod tests {
             ],
         };
         for path in [None, Some("a/b.txt"), Some("we\"ird\\ \u{1}\n é.bin")] {
-            let resp = digest_response(&d, path);
+            let resp = digest_response(&d, path, Encoding::Hex);
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
             let mut want = serde_json::json!({
                 "algorithm": "sha256",

@@ -6,14 +6,17 @@ mod body;
 mod compress;
 mod dashboard;
 mod file_job;
-mod hash;
+pub(crate) mod hash;
 mod health;
+mod index;
+mod manifest;
 mod observe;
 mod openapi;
 mod parallel_gzip;
 pub mod query;
+mod request_head;
 
-pub use observe::App;
+pub use observe::{Answer, App, ConnFacts};
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -35,6 +38,9 @@ pub struct AppState {
 pub struct Inner {
     /// The only directory tree or bucket prefix we read or write.
     pub storage: Arc<dyn Storage>,
+    /// The same directory, when `--root` is one: tree manifests walk it
+    /// directly. `None` for an object store.
+    pub root: Option<Arc<crate::root::Root>>,
     /// Where hashing of files and all compression runs.
     pub pool: CpuPool,
     /// This process's counters: its slot in the shared metrics region.
@@ -73,10 +79,12 @@ impl std::ops::Deref for AppState {
 /// routes exists only to answer "empty path" with a 400), and
 /// `openapi.json` must describe exactly these: tests hold all three together.
 pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/", &["GET"]),
     ("/hash", &["POST"]),
     ("/hash-file/{path}", &["GET"]),
     ("/compress", &["POST"]),
     ("/compress/{path}", &["GET", "POST"]),
+    ("/manifest/{path}", &["GET", "POST"]),
     ("/healthz", &["GET"]),
     ("/readyz", &["GET"]),
     ("/metrics", &["GET"]),
@@ -111,6 +119,7 @@ pub fn app(state: AppState) -> App {
 /// The router: every route of the API and nothing else.
 fn routes(state: AppState) -> Router {
     let mut router = Router::new()
+        .route("/", get(index::page))
         .route("/hash", post(hash::hash_body))
         .route("/hash-file/", get(hash::hash_file))
         .route("/hash-file/{*path}", get(hash::hash_file))
@@ -122,6 +131,12 @@ fn routes(state: AppState) -> Router {
         .route(
             "/compress/{*path}",
             get(compress::compress_file).post(compress::compress_to_file),
+        )
+        // "/manifest/" is the whole root; POST takes "{dir}/check".
+        .route("/manifest/", get(manifest::manifest).post(manifest::check))
+        .route(
+            "/manifest/{*path}",
+            get(manifest::manifest).post(manifest::check),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -150,16 +165,23 @@ pub fn admin_app(state: AppState) -> App {
 /// A state over `root` with a one-thread pool, for unit tests of the router.
 #[cfg(test)]
 pub(crate) fn test_state(root: &std::path::Path) -> AppState {
+    let dir = Arc::new(crate::root::Root::open(root).expect("test root"));
     let region = Region::create().expect("metrics region");
     let slot = region.claim(0).expect("a free slot");
     region.set_pid(slot, std::process::id());
     let metrics = region.slot(slot);
     AppState {
         inner: Arc::new(Inner {
-            storage: Arc::new(crate::storage::local::LocalStorage::new(
-                crate::root::Root::open(root).expect("test root"),
-            )),
-            pool: CpuPool::new(1, 4, metrics),
+            storage: Arc::new(crate::storage::local::LocalStorage::new(Arc::clone(&dir))),
+            root: Some(dir),
+            pool: CpuPool::new(
+                crate::cpu_pool::PoolLimits {
+                    threads: 1,
+                    queue: 4,
+                    max_wait: std::time::Duration::from_secs(1),
+                },
+                metrics,
+            ),
             metrics,
             region,
             draining: Arc::new(AtomicBool::new(false)),

@@ -1,6 +1,6 @@
 //! What every request passes through on its way to the router: request id,
-//! bearer token, panic guard, JSON for axum's bare 405s, counters, the
-//! access log and `Connection: close` while draining.
+//! the HTTP/1.1 head checks (`request_head`), bearer token, panic guard, JSON for axum's bare 405s, counters, the
+//! access log and `Connection: close` (draining, keep-alive limits, shedding).
 //!
 //! This is one hand-written service in front of the router rather than a
 //! stack of `axum::middleware` layers: a layer on a `Router` wraps every
@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use tower::ServiceExt;
 
-use super::{AppState, access_log, auth};
+use super::{AppState, access_log, auth, request_head};
 use crate::error::ApiError;
 use crate::metrics::Route;
 
@@ -32,6 +32,23 @@ static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// A constant name: `insert("x-request-id", ..)` would allocate the name per request.
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the accept loop knows about the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnFacts {
+    /// This is its last answer by `--keepalive-requests`.
+    pub last: bool,
+    /// From this instant on its answers end it (`--keepalive-time`).
+    pub expires: Option<Instant>,
+}
+
+impl ConnFacts {
+    /// A connection with no keep-alive limit in sight.
+    pub const FRESH: ConnFacts = ConnFacts {
+        last: false,
+        expires: None,
+    };
+}
 
 /// A router behind the per-request steps above; what the accept loop serves.
 #[derive(Clone)]
@@ -53,31 +70,33 @@ impl App {
     }
 }
 
+/// The future of one answer, as hyper's `Service` wants it.
+pub type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
 impl App {
     /// From now on `/readyz` answers 503 and every answer carries
     /// `Connection: close`.
     pub fn start_draining(&self) {
         self.state.draining.store(true, Ordering::SeqCst);
     }
-}
 
-impl<B> hyper::service::Service<axum::http::Request<B>> for App
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-    fn call(&self, req: axum::http::Request<B>) -> Self::Future {
-        let app = self.clone();
-        Box::pin(async move { Ok(app.handle(req.map(Body::new)).await) })
+    /// This process's counters (the accept loop counts connections there).
+    pub fn metrics(&self) -> &'static crate::metrics::Slot {
+        self.state.metrics
     }
-}
 
-impl App {
-    async fn handle(self, req: Request) -> Response {
+    /// Answers `req`, which came on a connection described by `conn`: what
+    /// the per-connection service of the accept loop calls.
+    pub fn call_on<B>(&self, req: axum::http::Request<B>, conn: ConnFacts) -> Answer
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let app = self.clone();
+        Box::pin(async move { Ok(app.handle(req.map(Body::new), conn).await) })
+    }
+
+    async fn handle(self, req: Request, conn: ConnFacts) -> Response {
         let st = &self.state;
         let start = Instant::now();
         let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
@@ -91,10 +110,10 @@ impl App {
         };
         // Kept for the `Allow` list of a 405, worked out only when one happens.
         let uri = req.uri().clone();
-        let denied = if self.require_token {
-            auth::check(st, &req).err()
-        } else {
-            None
+        let denied = match request_head::check(&req) {
+            Err(bad) => Some(bad),
+            Ok(()) if self.require_token => auth::check(st, &req).err(),
+            Ok(()) => None,
         };
         let mut resp = match denied {
             Some(denied) => denied.into_response(),
@@ -124,9 +143,17 @@ impl App {
         drop(uri);
         resp.headers_mut()
             .insert(X_REQUEST_ID, HeaderValue::from(id));
-        // While draining, every answer tells its client to reconnect: in
-        // cluster mode the reconnection lands on a worker that is not going away.
-        if st.draining.load(Ordering::Relaxed) {
+        // The client is told to reconnect: while draining (in cluster mode
+        // the reconnection lands on a worker that is not going away), past
+        // the connection's keep-alive limits (so connections are placed
+        // again from time to time), and when the supervisor moves
+        // connections off this worker (a shed answer is counted, so it is
+        // asked last: an answer that closes anyway spends none).
+        if st.draining.load(Ordering::Relaxed)
+            || conn.last
+            || conn.expires.is_some_and(|at| start >= at)
+            || st.metrics.take_shed()
+        {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -200,6 +227,12 @@ mod tests {
             max_connections: 16,
             grace: Duration::from_secs(1),
             drain_linger: Duration::ZERO,
+            keep_alive: server::KeepAlive {
+                requests: 0,
+                time: Duration::ZERO,
+                timeout: Duration::from_secs(5),
+            },
+            gate: None,
         };
         let srv = tokio::spawn(server::run(listener, app, opts, down));
         let answers = tokio::task::spawn_blocking(move || {

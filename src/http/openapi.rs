@@ -22,10 +22,9 @@ mod tests {
 
     use axum::body::Body;
     use axum::http::{Method, Request, StatusCode};
-    use hyper::service::Service;
 
     use super::SPEC;
-    use crate::http::{ROUTES, app, test_state};
+    use crate::http::{ConnFacts, ROUTES, app, test_state};
 
     fn spec_operations() -> BTreeSet<(String, String)> {
         let doc: serde_json::Value = serde_json::from_str(SPEC).expect("openapi.json is JSON");
@@ -95,9 +94,10 @@ mod tests {
                 let req = Request::builder()
                     .method(Method::from_bytes(m.as_bytes()).unwrap())
                     .uri(&path)
+                    .header("host", "t")
                     .body(Body::empty())
                     .unwrap();
-                let resp = router.call(req).await.unwrap();
+                let resp = router.call_on(req, ConnFacts::FRESH).await.unwrap();
                 let status = resp.status();
                 if methods.contains(&m) {
                     assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
@@ -113,10 +113,15 @@ mod tests {
         }
         let req = Request::builder()
             .uri("/nowhere")
+            .header("host", "t")
             .body(Body::empty())
             .unwrap();
         assert_eq!(
-            router.call(req).await.unwrap().status(),
+            router
+                .call_on(req, ConnFacts::FRESH)
+                .await
+                .unwrap()
+                .status(),
             StatusCode::NOT_FOUND
         );
     }

@@ -16,6 +16,7 @@ use super::AppState;
 use super::body::BodyReader;
 use super::compress::stream_error;
 use super::file_job::Source;
+use crate::cpu_pool::Lane;
 use crate::error::ApiError;
 use crate::kernel::Level;
 use crate::kernel::pgzip::{self, BLOCK, Block, DICT};
@@ -32,6 +33,8 @@ type BlockJob = Pin<Box<dyn Future<Output = Result<Block, ApiError>> + Send>>;
 /// Blocks in flight, in input order.
 struct Pipeline {
     st: AppState,
+    /// The request's lane: its blocks are scheduled as one request's work.
+    lane: Lane,
     level: Level,
     inflight: FuturesOrdered<BlockJob>,
     /// Most blocks compressing or waiting at once: enough to keep every pool
@@ -41,9 +44,10 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(st: &AppState, level: Level) -> Pipeline {
+    fn new(st: &AppState, lane: Lane, level: Level) -> Pipeline {
         Pipeline {
             st: st.clone(),
+            lane,
             level,
             inflight: FuturesOrdered::new(),
             window: st.pool.threads() + 1,
@@ -59,9 +63,9 @@ impl Pipeline {
     where
         F: FnOnce() -> Result<Block, ApiError> + Send + 'static,
     {
-        let pool = self.st.pool.clone();
+        let lane = self.lane.clone();
         self.inflight
-            .push_back(Box::pin(async move { pool.run(job).await? }));
+            .push_back(Box::pin(async move { lane.run(job).await? }));
     }
 
     /// The next block's compressed bytes, in order; `None` when none is in flight.
@@ -77,6 +81,7 @@ impl Pipeline {
     }
 
     fn trailer(&self) -> Bytes {
+        self.lane.done();
         Bytes::copy_from_slice(&pgzip::trailer(&self.crc))
     }
 }
@@ -99,11 +104,11 @@ pub fn file_body(st: &AppState, src: Source, level: Level) -> Body {
     }
     let state = State {
         size: src.size(),
+        pipe: Pipeline::new(st, src.lane(), level),
         src,
         handed: 0,
         prev: None,
         input_done: false,
-        pipe: Pipeline::new(st, level),
         finished: false,
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
@@ -175,7 +180,7 @@ pub fn file_body(st: &AppState, src: Source, level: Level) -> Body {
 /// Streams a request body as one gzip member, compressing blocks in
 /// parallel as they fill. Reading the body pauses while the window is
 /// full, so a fast sender meets TCP backpressure, not a growing queue.
-pub fn body_body(st: &AppState, body: BodyReader, level: Level) -> Body {
+pub fn body_body(st: &AppState, lane: Lane, body: BodyReader, level: Level) -> Body {
     struct State {
         body: BodyReader,
         pipe: Pipeline,
@@ -190,7 +195,7 @@ pub fn body_body(st: &AppState, body: BodyReader, level: Level) -> Body {
     }
     let state = State {
         body,
-        pipe: Pipeline::new(st, level),
+        pipe: Pipeline::new(st, lane, level),
         pending: Vec::with_capacity(BLOCK),
         dict: Bytes::new(),
         body_done: false,

@@ -1,7 +1,7 @@
 //! Query strings: only known keys, each at most once, values checked.
 
 use crate::error::ApiError;
-use crate::kernel::{AlgorithmList, Level};
+use crate::kernel::{AlgorithmList, Encoding, Level};
 use crate::root::percent_decode;
 
 /// Parsed `key=value` pairs of one request.
@@ -52,6 +52,21 @@ impl Query {
             None => Ok(AlgorithmList::default_list()),
             Some(v) => AlgorithmList::parse(v).map_err(|e| ApiError::BadQuery(e.to_string())),
         }
+    }
+
+    /// `encoding=hex|base64`, defaulting to hex.
+    pub fn encoding(&self) -> Result<Encoding, ApiError> {
+        match self.get("encoding") {
+            None => Ok(Encoding::Hex),
+            Some(v) => Encoding::parse(v).map_err(ApiError::BadQuery),
+        }
+    }
+
+    /// `format=` of a manifest; `None` when not given.
+    pub fn manifest_format(&self) -> Result<Option<crate::tree::format::Format>, ApiError> {
+        self.get("format")
+            .map(|f| crate::tree::format::Format::parse(f).map_err(ApiError::BadQuery))
+            .transpose()
     }
 
     /// `level=`, defaulting to 6.

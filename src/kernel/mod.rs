@@ -4,6 +4,7 @@
 pub mod digest;
 pub mod gzip;
 pub mod pgzip;
+pub mod zstd;
 
-pub use digest::{Algorithm, AlgorithmList, Digests, MultiHasher};
+pub use digest::{Algorithm, AlgorithmList, Digests, Encoding, MultiHasher};
 pub use gzip::{GzipStream, Level};

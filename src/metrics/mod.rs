@@ -23,10 +23,13 @@ pub use snapshot::Snapshot;
 /// Route templates, the `route` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
+    /// `GET /`, the index page.
+    Index,
     Hash,
     HashFile,
     Compress,
     CompressPath,
+    Manifest,
     Metrics,
     Healthz,
     Readyz,
@@ -36,11 +39,13 @@ pub enum Route {
 }
 
 impl Route {
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 11] = [
+        Route::Index,
         Route::Hash,
         Route::HashFile,
         Route::Compress,
         Route::CompressPath,
+        Route::Manifest,
         Route::Metrics,
         Route::Healthz,
         Route::Readyz,
@@ -50,10 +55,12 @@ impl Route {
 
     pub fn template(self) -> &'static str {
         match self {
+            Route::Index => "/",
             Route::Hash => "/hash",
             Route::HashFile => "/hash-file/{path}",
             Route::Compress => "/compress",
             Route::CompressPath => "/compress/{path}",
+            Route::Manifest => "/manifest/{path}",
             Route::Metrics => "/metrics",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
@@ -65,6 +72,7 @@ impl Route {
     /// Classifies a raw request path into its route template.
     pub fn classify(path: &str) -> Route {
         match path {
+            "/" => Route::Index,
             "/hash" => Route::Hash,
             "/compress" => Route::Compress,
             "/metrics" | "/metrics.json" => Route::Metrics,
@@ -73,6 +81,7 @@ impl Route {
             "/dashboard" => Route::Dashboard,
             p if p.starts_with("/hash-file/") => Route::HashFile,
             p if p.starts_with("/compress/") => Route::CompressPath,
+            p if p.starts_with("/manifest/") => Route::Manifest,
             _ => Route::Other,
         }
     }
@@ -181,13 +190,18 @@ pub(crate) mod ix {
     const DUR: usize = REQ + N_ROUTE * N_METHOD * N_STATUS;
     const DUR_SUM: usize = DUR + N_ROUTE * N_BUCKET;
     const BYTES: usize = DUR_SUM + N_ROUTE;
-    pub const POOL_REJECTED: usize = BYTES + 4;
-    pub const CACHE: usize = POOL_REJECTED + 1;
+    const POOL_REJECTED: usize = BYTES + 4;
+    const QUEUE_WAIT: usize = POOL_REJECTED + SHED_REASONS.len();
+    pub const QUEUE_WAIT_SUM: usize = QUEUE_WAIT + N_BUCKET;
+    pub const CACHE: usize = QUEUE_WAIT_SUM + 1;
     const STORAGE_REQ: usize = CACHE + 2;
     const STORAGE_DUR: usize = STORAGE_REQ + N_SOP * N_SOUTCOME;
     const STORAGE_DUR_SUM: usize = STORAGE_DUR + N_SOP * N_BUCKET;
     const STORAGE_BYTES: usize = STORAGE_DUR_SUM + N_SOP;
     pub const COUNT: usize = STORAGE_BYTES + 2;
+
+    /// Every request counter, whatever its labels.
+    pub const REQUESTS: std::ops::Range<usize> = REQ..DUR;
 
     pub fn requests(route: usize, method: usize, status: usize) -> usize {
         REQ + (route * N_METHOD + method) * N_STATUS + status
@@ -201,6 +215,13 @@ pub(crate) mod ix {
     }
     pub fn bytes(op: Op, dir: Direction) -> usize {
         BYTES + op as usize * 2 + dir as usize
+    }
+    pub fn pool_rejected(reason: ShedReason) -> usize {
+        POOL_REJECTED + reason as usize
+    }
+    /// Per-bucket (not cumulative) count of pool queue waits.
+    pub fn queue_wait(bucket: usize) -> usize {
+        QUEUE_WAIT + bucket
     }
     /// `hit` = true for hits.
     pub fn cache(hit: bool) -> usize {
@@ -222,6 +243,17 @@ pub(crate) mod ix {
     }
 }
 
+/// Why the CPU pool shed a request, the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedReason {
+    /// Its first job would have waited longer than `--max-queue-wait`, or did.
+    Wait = 0,
+    /// The queue held `--pool-queue` jobs.
+    Memory = 1,
+}
+
+pub const SHED_REASONS: [&str; 2] = ["wait", "memory"];
+
 /// What processed bytes were for.
 #[derive(Clone, Copy, Debug)]
 pub enum Op {
@@ -236,7 +268,7 @@ pub enum Direction {
     Out = 1,
 }
 
-/// The latency histogram bucket of `took`.
+/// The histogram bucket (of `BUCKETS`, or +Inf) that holds `took`.
 fn bucket_of(took: Duration) -> usize {
     let secs = took.as_secs_f64();
     BUCKETS
@@ -245,7 +277,8 @@ fn bucket_of(took: Duration) -> usize {
         .unwrap_or(N_BUCKET - 1)
 }
 
-/// One process's counters. All-zero is a valid, empty slot.
+/// One process's counters, and the few figures by which the workers and the
+/// supervisor balance connections. All-zero is a valid, empty slot.
 #[repr(C)]
 pub struct Slot {
     /// Monotonic counters, indexed by `ix`; folded into the retired slot
@@ -255,6 +288,16 @@ pub struct Slot {
     /// ahead of its increment never wraps. Zeroed, not folded, at exit.
     pool_queued: AtomicI64,
     pool_busy: AtomicI64,
+    /// Connections this process holds open: read by the other workers'
+    /// accept gates and by the supervisor when it rebalances.
+    connections_open: AtomicI64,
+    /// Until when (Unix ms) this process counts as accepting: refreshed by
+    /// the worker while it accepts, 0 once it drains. A peer that stops
+    /// refreshing it (stuck) stops counting for the others' accept gates.
+    accepting_until_ms: AtomicU64,
+    /// Answers that are still to carry `Connection: close`: set by the
+    /// supervisor to move connections off a worker that holds too many.
+    shed: AtomicU64,
 }
 
 impl Slot {
@@ -299,8 +342,8 @@ impl Slot {
         self.add(ix::bytes(op, dir), n);
     }
 
-    pub fn add_pool_rejected(&self) {
-        self.add(ix::POOL_REJECTED, 1);
+    pub fn add_pool_rejected(&self, reason: ShedReason) {
+        self.add(ix::pool_rejected(reason), 1);
     }
 
     pub fn add_digest_cache(&self, hit: bool) {
@@ -311,8 +354,10 @@ impl Slot {
         self.pool_queued.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A pool thread took a job off the queue.
-    pub fn pool_started(&self) {
+    /// A pool thread took a job off the queue, where it had waited `waited`.
+    pub fn pool_started(&self, waited: Duration) {
+        self.add(ix::queue_wait(bucket_of(waited)), 1);
+        self.add(ix::QUEUE_WAIT_SUM, waited.as_nanos() as u64);
         self.pool_queued.fetch_sub(1, Ordering::Relaxed);
         self.pool_busy.fetch_add(1, Ordering::Relaxed);
     }
@@ -329,8 +374,12 @@ impl Slot {
         self.pool_busy.load(Ordering::Relaxed).max(0) as u64
     }
 
+    /// Requests shed, for every reason.
     pub fn pool_rejected(&self) -> u64 {
-        self.counters[ix::POOL_REJECTED].load(Ordering::Relaxed)
+        [ShedReason::Wait, ShedReason::Memory]
+            .iter()
+            .map(|&r| self.counters[ix::pool_rejected(r)].load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Adds this slot's counters into `sum`.
@@ -350,5 +399,51 @@ impl Slot {
         }
         self.pool_queued.store(0, Ordering::Relaxed);
         self.pool_busy.store(0, Ordering::Relaxed);
+        self.connections_open.store(0, Ordering::Relaxed);
+        self.accepting_until_ms.store(0, Ordering::Relaxed);
+        self.shed.store(0, Ordering::Relaxed);
+    }
+
+    /// Requests answered by this process, whatever the route or status.
+    pub fn requests_total(&self) -> u64 {
+        self.counters[ix::REQUESTS]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connections_open(&self) -> u64 {
+        self.connections_open.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub fn set_accepting_until(&self, unix_ms: u64) {
+        self.accepting_until_ms.store(unix_ms, Ordering::Relaxed);
+    }
+
+    pub fn accepting_until(&self) -> u64 {
+        self.accepting_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// The next `n` answers of this process end their connections.
+    pub fn set_shed(&self, n: u64) {
+        self.shed.store(n, Ordering::Relaxed);
+    }
+
+    /// True if this answer is to end its connection (and counts it). One
+    /// load when there is nothing to shed: this runs on every request.
+    pub fn take_shed(&self) -> bool {
+        self.shed.load(Ordering::Relaxed) != 0
+            && self
+                .shed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
     }
 }

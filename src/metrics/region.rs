@@ -13,17 +13,20 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use super::{Slot, ix};
+use crate::build_info::Build;
 
 /// Most processes recording at once: workers, plus replacements and a new
 /// generation during a reload.
 pub const MAX_SLOTS: usize = 128;
 
-const MAGIC: u64 = 0x6873_7072_6573_7331; // "hspress1"
+const MAGIC: u64 = 0x6873_7072_6573_7336; // "hspress6": bump when `Layout` changes
 /// A slot claimed by the supervisor whose process has no pid yet.
 const RESERVED: u64 = u64::MAX;
+/// Words of a `BuildCell`: a length, then up to 88 bytes of text.
+const BUILD_WORDS: usize = 12;
 
 /// Why a worker restarted, the `reason` label.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestartReason {
     /// It died (crash, kill, failed start).
     Crash = 0,
@@ -45,11 +48,53 @@ struct Header {
     /// 0 in single-process mode.
     supervisor_pid: AtomicU64,
     workers_alive: AtomicU64,
+    /// The supervisor's `state::Phase` code (0 in single-process mode) and
+    /// its serving generation: what tests and operators wait on.
+    supervisor_phase: AtomicU64,
+    generation: AtomicU64,
     restarts: [AtomicU64; 3],
     /// Per slot: 0 free, RESERVED, or the pid recording into it.
     slot_pid: [AtomicU64; MAX_SLOTS],
     /// Per slot: the worker position (1..N; 0 in single-process mode).
     slot_worker: [AtomicU64; MAX_SLOTS],
+    /// The release of the supervisor (or single process), written by itself.
+    own_build: BuildCell,
+    /// Per slot: the release its process runs, written by that process as it
+    /// starts, so it says what was really executed, not what was meant to be.
+    slot_build: [BuildCell; MAX_SLOTS],
+}
+
+/// A `build_info::Build`, encoded: word 0 is the byte length (0 = not
+/// written yet), stored last with Release so a reader that sees it sees
+/// the bytes too.
+#[repr(C)]
+struct BuildCell([AtomicU64; BUILD_WORDS]);
+
+impl BuildCell {
+    fn write(&self, build: &Build) {
+        let bytes = build.encode();
+        let bytes = &bytes[..bytes.len().min((BUILD_WORDS - 1) * 8)];
+        for (i, chunk) in bytes.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0[1 + i].store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+        self.0[0].store(bytes.len() as u64, Ordering::Release);
+    }
+
+    fn clear(&self) {
+        self.0[0].store(0, Ordering::Release);
+    }
+
+    fn read(&self) -> Option<Build> {
+        let len = (self.0[0].load(Ordering::Acquire) as usize).min((BUILD_WORDS - 1) * 8);
+        let mut bytes: Vec<u8> = self.0[1..]
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .collect();
+        bytes.truncate(len);
+        Build::decode(&bytes)
+    }
 }
 
 #[repr(C)]
@@ -67,10 +112,15 @@ pub struct Region {
 }
 
 /// One live process's entry, for per-process metrics.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LiveProcess {
     pub pid: u32,
     pub worker: u64,
+    /// Its release, once it has written it (not yet, as it starts).
+    pub build: Option<Build>,
+    /// Requests it answered, connections it holds open.
+    pub requests: u64,
+    pub connections_open: u64,
 }
 
 /// A consistent reading of the region.
@@ -79,8 +129,13 @@ pub struct Reading {
     pub pool_queued: u64,
     pub pool_busy: u64,
     pub live: Vec<LiveProcess>,
+    /// The release of the supervisor (or single process).
+    pub own_build: Option<Build>,
     pub supervisor_pid: Option<u32>,
     pub workers_alive: u64,
+    /// The supervisor's phase code and serving generation.
+    pub supervisor_phase: u64,
+    pub generation: u64,
     pub restarts: [u64; 3],
     pub started_unix_ms: u64,
 }
@@ -170,9 +225,28 @@ impl Region {
                 .is_ok()
                 && {
                     h.slot_worker[i].store(worker, Ordering::Relaxed);
+                    h.slot_build[i].clear();
                     true
                 }
         })
+    }
+
+    /// Records the release the process in `index` runs (by that process).
+    pub fn set_build(&self, index: usize, build: &Build) {
+        self.layout.header.slot_build[index].write(build);
+    }
+
+    /// Records the release of the supervisor or single process (by itself).
+    pub fn set_own_build(&self, build: &Build) {
+        self.layout.header.own_build.write(build);
+    }
+
+    /// The release the process with this pid wrote, if it is live and did.
+    pub fn build_of(&self, pid: u32) -> Option<Build> {
+        let h = &self.layout.header;
+        (0..MAX_SLOTS)
+            .find(|&i| h.slot_pid[i].load(Ordering::Acquire) == pid as u64)
+            .and_then(|i| h.slot_build[i].read())
     }
 
     /// Records the pid that now writes into `index`.
@@ -192,6 +266,14 @@ impl Region {
         h.slot_pid[index].store(0, Ordering::Release);
     }
 
+    /// The slots of the other live processes (not `mine`), for the accept gate.
+    pub fn peers(&self, mine: usize) -> impl Iterator<Item = &'static Slot> {
+        let layout = self.layout;
+        (0..MAX_SLOTS)
+            .filter(move |&i| i != mine && layout.header.slot_pid[i].load(Ordering::Relaxed) != 0)
+            .map(move |i| &layout.slots[i])
+    }
+
     pub fn set_supervisor_pid(&self, pid: u32) {
         self.layout
             .header
@@ -204,6 +286,13 @@ impl Region {
             .header
             .workers_alive
             .store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Publishes the supervisor's phase (a `state::Phase` code) and generation.
+    pub fn set_phase(&self, phase: u64, generation: u64) {
+        let h = &self.layout.header;
+        h.generation.store(generation, Ordering::Relaxed);
+        h.supervisor_phase.store(phase, Ordering::Release);
     }
 
     pub fn add_restart(&self, reason: RestartReason) {
@@ -237,6 +326,9 @@ impl Region {
                     live.push(LiveProcess {
                         pid: pid as u32,
                         worker: h.slot_worker[i].load(Ordering::Relaxed),
+                        build: h.slot_build[i].read(),
+                        requests: slot.requests_total(),
+                        connections_open: slot.connections_open(),
                     });
                 }
             }
@@ -250,8 +342,11 @@ impl Region {
                 pool_queued: queued,
                 pool_busy: busy,
                 live,
+                own_build: h.own_build.read(),
                 supervisor_pid: (sup != 0).then_some(sup),
                 workers_alive: h.workers_alive.load(Ordering::Relaxed),
+                supervisor_phase: h.supervisor_phase.load(Ordering::Acquire),
+                generation: h.generation.load(Ordering::Relaxed),
                 restarts: [0, 1, 2].map(|r| h.restarts[r].load(Ordering::Relaxed)),
                 started_unix_ms: h.started_unix_ms.load(Ordering::Relaxed),
             };
@@ -281,7 +376,7 @@ mod tests {
         let total = |r: &Region| {
             let c = r.read().counters;
             (
-                c[ix::requests(0, 1, 0)],
+                c[ix::requests(Route::Hash as usize, 1, 0)],
                 c[ix::bytes(Op::Hash, Direction::In)],
             )
         };
@@ -306,7 +401,36 @@ mod tests {
         r.set_pid(i, 1);
         let dup = unsafe { libc::fcntl(r.fd(), libc::F_DUPFD_CLOEXEC, 0) };
         let other = unsafe { Region::inherit(dup) }.unwrap();
-        other.slot(i).add_pool_rejected();
+        other
+            .slot(i)
+            .add_pool_rejected(crate::metrics::ShedReason::Memory);
         assert_eq!(r.slot(i).pool_rejected(), 1);
+    }
+
+    #[test]
+    fn each_process_records_its_own_release() {
+        let r = Region::create().unwrap();
+        let a = r.claim(1).unwrap();
+        r.set_pid(a, 10);
+        assert_eq!(r.build_of(10), None, "not written yet");
+        let long = Build {
+            version: "1.2.3-rc.4+a-very-long-build-metadata-string".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        };
+        r.set_build(a, &long);
+        assert_eq!(r.build_of(10), Some(long));
+        r.set_own_build(&Build::own());
+        let reading = r.read();
+        assert_eq!(reading.own_build, Some(Build::own()));
+        assert_eq!(
+            reading.live[0].build.as_ref().unwrap().version,
+            "1.2.3-rc.4+a-very-long-build-metadata-string"
+        );
+        // A reused slot does not inherit the last process's release.
+        r.release(a);
+        let b = r.claim(1).unwrap();
+        assert_eq!(a, b);
+        r.set_pid(b, 11);
+        assert_eq!(r.build_of(11), None);
     }
 }

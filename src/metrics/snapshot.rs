@@ -6,11 +6,13 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use super::process::{self, ProcessStats};
-use super::region::{RESTART_REASONS, Reading, Region};
+use super::region::{LiveProcess, RESTART_REASONS, Reading, Region};
 use super::{
-    BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, STATUSES, StorageOp,
-    StorageOutcome, ix,
+    BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, SHED_REASONS, STATUSES, ShedReason,
+    StorageOp, StorageOutcome, ix,
 };
+use crate::build_info::Build;
+use crate::supervisor::state::Phase;
 
 /// Thread settings of each process, reported as gauges.
 pub struct PoolConfig {
@@ -25,8 +27,21 @@ pub struct Snapshot {
     reading: Reading,
     pool: PoolConfig,
     /// Supervisor (or the single process) first, then workers by id.
-    processes: Vec<(Option<u64>, u32, ProcessStats)>,
+    processes: Vec<Proc>,
+    /// Per serving process (workers by id, or the single process): its
+    /// requests and open connections, to show how the work is split.
+    serving: Vec<(Option<u64>, LiveProcess)>,
     uptime_seconds: f64,
+}
+
+/// One process of the scrape.
+struct Proc {
+    /// None for the supervisor or the single process.
+    worker: Option<u64>,
+    pid: u32,
+    stats: ProcessStats,
+    /// The release it runs, as it recorded it itself.
+    build: Option<Build>,
 }
 
 fn status_label(s: usize) -> String {
@@ -38,22 +53,30 @@ fn status_label(s: usize) -> String {
 impl Snapshot {
     pub fn collect(region: &Region, pool: PoolConfig) -> Snapshot {
         let reading = region.read();
-        let mut processes = Vec::new();
-        match reading.supervisor_pid {
-            Some(pid) => {
-                processes.push((None, pid, process::read(pid)));
-                let mut live = reading.live.clone();
-                live.sort_by_key(|p| (p.worker, p.pid));
-                for p in live {
-                    processes.push((Some(p.worker), p.pid, process::read(p.pid)));
+        let mut live = reading.live.clone();
+        live.sort_by_key(|p| (p.worker, p.pid));
+        // The supervisor, or a single process: the only one, unlabelled.
+        let pid = reading.supervisor_pid.unwrap_or_else(std::process::id);
+        let mut processes = vec![Proc {
+            worker: None,
+            pid,
+            stats: process::read(pid),
+            build: reading.own_build.clone(),
+        }];
+        let serving: Vec<(Option<u64>, LiveProcess)> = match reading.supervisor_pid {
+            Some(_) => {
+                for p in &live {
+                    processes.push(Proc {
+                        worker: Some(p.worker),
+                        pid: p.pid,
+                        stats: process::read(p.pid),
+                        build: p.build.clone(),
+                    });
                 }
+                live.into_iter().map(|p| (Some(p.worker), p)).collect()
             }
-            // Single process: it is the only one, reported unlabelled.
-            None => {
-                let pid = std::process::id();
-                processes.push((None, pid, process::read(pid)));
-            }
-        }
+            None => live.into_iter().map(|p| (None, p)).collect(),
+        };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -62,12 +85,31 @@ impl Snapshot {
             reading,
             pool,
             processes,
+            serving,
             uptime_seconds,
         }
     }
 
     fn c(&self, i: usize) -> u64 {
         self.reading.counters[i]
+    }
+
+    /// Jobs that have left the pool queue.
+    fn queue_waits(&self) -> u64 {
+        (0..N_BUCKET).map(|b| self.c(ix::queue_wait(b))).sum()
+    }
+
+    fn rejected(&self) -> u64 {
+        [ShedReason::Wait, ShedReason::Memory]
+            .into_iter()
+            .map(|r| self.c(ix::pool_rejected(r)))
+            .sum()
+    }
+
+    /// The supervisor's published phase; None in single-process mode.
+    fn supervisor_phase(&self) -> Option<Phase> {
+        self.reading.supervisor_pid?;
+        Phase::from_code(self.reading.supervisor_phase)
     }
 
     fn workers_alive(&self) -> u64 {
@@ -158,12 +200,41 @@ impl Snapshot {
             o,
             "hashpress_pool_rejected_total",
             "counter",
-            "Requests shed with 503 because the CPU pool queue was full.",
+            "Requests shed with 503 by the CPU pool: reason=\"wait\" when the queued work \
+             would have made (or made) the request wait past --max-queue-wait, \"memory\" \
+             when the queue held --pool-queue jobs.",
         );
+        for (reason, name) in [ShedReason::Wait, ShedReason::Memory]
+            .into_iter()
+            .zip(SHED_REASONS)
+        {
+            let _ = writeln!(
+                o,
+                "hashpress_pool_rejected_total{{reason=\"{name}\"}} {}",
+                self.c(ix::pool_rejected(reason))
+            );
+        }
+        header(
+            o,
+            "hashpress_pool_queue_wait_seconds",
+            "histogram",
+            "Time CPU pool jobs waited in the queue for a thread.",
+        );
+        let mut cumulative = 0;
+        for (b, le) in BUCKETS.iter().enumerate() {
+            cumulative += self.c(ix::queue_wait(b));
+            let _ = writeln!(
+                o,
+                "hashpress_pool_queue_wait_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let waits = self.queue_waits();
         let _ = writeln!(
             o,
-            "hashpress_pool_rejected_total {}",
-            self.c(ix::POOL_REJECTED)
+            "hashpress_pool_queue_wait_seconds_bucket{{le=\"+Inf\"}} {waits}\n\
+             hashpress_pool_queue_wait_seconds_sum {}\n\
+             hashpress_pool_queue_wait_seconds_count {waits}",
+            self.c(ix::QUEUE_WAIT_SUM) as f64 / 1e9
         );
         header(
             o,
@@ -213,6 +284,29 @@ impl Snapshot {
             header(o, name, "gauge", help);
             let _ = writeln!(o, "{name} {v}");
         }
+        if let Some(phase) = self.supervisor_phase() {
+            header(
+                o,
+                "hashpress_supervisor_phase",
+                "gauge",
+                "The supervisor's phase: 1 for the current one.",
+            );
+            for p in Phase::ALL {
+                let on = u8::from(p == phase);
+                let _ = writeln!(
+                    o,
+                    "hashpress_supervisor_phase{{phase=\"{}\"}} {on}",
+                    p.name()
+                );
+            }
+            header(
+                o,
+                "hashpress_generation",
+                "gauge",
+                "Worker generation serving: 0, then one more per successful reload.",
+            );
+            let _ = writeln!(o, "hashpress_generation {}", self.reading.generation);
+        }
         header(
             o,
             "hashpress_worker_restarts_total",
@@ -233,6 +327,33 @@ impl Snapshot {
             "Seconds since the service (supervisor) started.",
         );
         let _ = writeln!(o, "hashpress_uptime_seconds {}", self.uptime_seconds);
+        for (name, kind, help, field) in [
+            (
+                "hashpress_worker_requests_total",
+                "counter",
+                "Requests answered by each serving process: how the work is split.",
+                (|p| p.requests) as fn(&LiveProcess) -> u64,
+            ),
+            (
+                "hashpress_connections_open",
+                "gauge",
+                "Client connections each serving process holds open.",
+                |p| p.connections_open,
+            ),
+        ] {
+            header(o, name, kind, help);
+            for (worker, p) in &self.serving {
+                let v = field(p);
+                match worker {
+                    None => {
+                        let _ = writeln!(o, "{name} {v}");
+                    }
+                    Some(w) => {
+                        let _ = writeln!(o, "{name}{{worker=\"{w}\",pid=\"{}\"}} {v}", p.pid);
+                    }
+                }
+            }
+        }
         type Field = fn(&ProcessStats) -> Option<String>;
         let families: [(&str, &str, &str, Field); 3] = [
             (
@@ -253,17 +374,26 @@ impl Snapshot {
         ];
         for (name, kind, help, field) in families {
             header(o, name, kind, help);
-            for (worker, pid, stats) in &self.processes {
-                let Some(v) = field(stats) else { continue };
-                match worker {
-                    None => {
-                        let _ = writeln!(o, "{name} {v}");
-                    }
-                    Some(w) => {
-                        let _ = writeln!(o, "{name}{{worker=\"{w}\",pid=\"{pid}\"}} {v}");
-                    }
-                }
+            for p in &self.processes {
+                let Some(v) = field(&p.stats) else { continue };
+                let _ = writeln!(o, "{name}{} {v}", p.labels(""));
             }
+        }
+        header(
+            o,
+            "hashpress_build_info",
+            "gauge",
+            "Always 1: the release each process runs (crate version, git commit), as it \
+             reported it itself; during a rolling reload both releases are listed.",
+        );
+        for p in &self.processes {
+            let Some(b) = &p.build else { continue };
+            let build = format!(
+                "version=\"{}\",commit=\"{}\"",
+                escape(&b.version),
+                escape(&b.commit)
+            );
+            let _ = writeln!(o, "hashpress_build_info{} 1", p.labels(&build));
         }
         out
     }
@@ -309,18 +439,40 @@ impl Snapshot {
         let processes: Vec<Value> = self
             .processes
             .iter()
-            .map(|(worker, pid, s)| {
-                let role = match (worker, self.reading.supervisor_pid) {
+            .map(|p| {
+                let role = match (p.worker, self.reading.supervisor_pid) {
                     (Some(_), _) => "worker",
                     (None, Some(_)) => "supervisor",
                     (None, None) => "single",
                 };
+                let s = &p.stats;
+                // Requests and connections: null for the supervisor, which serves none.
+                let load = self
+                    .serving
+                    .iter()
+                    .find(|(_, l)| l.pid == p.pid)
+                    .map(|(_, l)| l);
                 json!({
-                    "role": role, "worker": worker, "pid": pid,
+                    "role": role, "worker": p.worker, "pid": p.pid,
                     "cpu_seconds": s.cpu_seconds, "rss_bytes": s.rss_bytes, "open_fds": s.open_fds,
+                    // null until the process has recorded its release.
+                    "version": p.build.as_ref().map(|b| &b.version),
+                    "commit": p.build.as_ref().map(|b| &b.commit),
+                    "requests": load.map(|p| p.requests),
+                    "connections_open": load.map(|p| p.connections_open),
                 })
             })
             .collect();
+        let mut cumulative = 0;
+        let mut queue_wait_buckets: Vec<Value> = BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(b, le)| {
+                cumulative += self.c(ix::queue_wait(b));
+                json!({ "le": le, "count": cumulative })
+            })
+            .collect();
+        queue_wait_buckets.push(json!({ "le": "+Inf", "count": self.queue_waits() }));
         let restarts: serde_json::Map<String, Value> = RESTART_REASONS
             .iter()
             .enumerate()
@@ -328,7 +480,13 @@ impl Snapshot {
             .collect();
         json!({
             "uptime_seconds": self.uptime_seconds,
-            "workers": { "alive": self.workers_alive(), "restarts": restarts },
+            "workers": {
+                "alive": self.workers_alive(),
+                "restarts": restarts,
+                // null in single-process mode: no supervisor.
+                "phase": self.supervisor_phase().map(Phase::name),
+                "generation": self.reading.generation,
+            },
             "requests": requests,
             "latency": latency,
             "bytes": {
@@ -343,7 +501,12 @@ impl Snapshot {
                 "threads": self.pool.threads,
                 "queue_capacity": self.pool.queue_capacity,
                 "io_threads": self.pool.io_threads,
-                "rejected": self.c(ix::POOL_REJECTED),
+                "rejected": self.rejected(),
+                "rejected_wait": self.c(ix::pool_rejected(ShedReason::Wait)),
+                "rejected_memory": self.c(ix::pool_rejected(ShedReason::Memory)),
+                "queue_waits": self.queue_waits(),
+                "queue_wait_sum_seconds": self.c(ix::QUEUE_WAIT_SUM) as f64 / 1e9,
+                "queue_wait_buckets": queue_wait_buckets,
             },
             "digest_cache": { "hit": self.c(ix::cache(true)), "miss": self.c(ix::cache(false)) },
             "storage": self.storage_json(),
@@ -471,6 +634,26 @@ impl Snapshot {
     }
 }
 
+impl Proc {
+    /// `{worker="N",pid="P",extra}` for a worker, `{extra}` or nothing for
+    /// the supervisor or single process.
+    fn labels(&self, extra: &str) -> String {
+        match (self.worker, extra.is_empty()) {
+            (Some(w), true) => format!("{{worker=\"{w}\",pid=\"{}\"}}", self.pid),
+            (Some(w), false) => format!("{{worker=\"{w}\",pid=\"{}\",{extra}}}", self.pid),
+            (None, true) => String::new(),
+            (None, false) => format!("{{{extra}}}"),
+        }
+    }
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -526,6 +709,36 @@ mod tests {
         assert!(text.contains(
             "hashpress_storage_request_duration_seconds_bucket{op=\"get\",le=\"0.0025\"} 1\n"
         ));
+        assert!(
+            !text.contains("hashpress_build_info{"),
+            "no release recorded, none reported"
+        );
+        r.set_own_build(&crate::build_info::Build::own());
+        slot.connection_opened();
+        let snap = Snapshot::collect(
+            r,
+            PoolConfig {
+                threads: 2,
+                queue_capacity: 8,
+                io_threads: 1,
+            },
+        );
+        let want = format!(
+            "\nhashpress_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
+            crate::build_info::VERSION,
+            crate::build_info::COMMIT
+        );
+        assert!(snap.to_prometheus().contains(&want));
+        assert_eq!(
+            snap.to_json()["processes"][0]["version"],
+            crate::build_info::VERSION
+        );
+        let text = snap.to_prometheus();
+        assert!(
+            text.contains("\nhashpress_worker_requests_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nhashpress_connections_open 1\n"), "{text}");
         let j = snap.to_json();
         assert_eq!(j["bytes"]["hash_in"], 15);
         assert_eq!(j["latency"][0]["count"], 3);
@@ -535,5 +748,7 @@ mod tests {
         assert_eq!(j["storage"]["bytes"]["read"], 4096);
         assert_eq!(j["storage"]["requests"][1]["outcome"], "timeout");
         assert_eq!(j["storage"]["latency"][0]["count"], 2);
+        assert_eq!(j["processes"][0]["requests"], 3);
+        assert_eq!(j["processes"][0]["connections_open"], 1);
     }
 }

@@ -6,7 +6,7 @@
 //! blocking, so all of it is `Work::Blocking`, run on the CPU pool.
 
 use std::fs::{File, Metadata};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 
@@ -20,11 +20,23 @@ pub struct LocalStorage {
 }
 
 impl LocalStorage {
-    pub fn new(root: Root) -> LocalStorage {
-        LocalStorage {
-            root: Arc::new(root),
+    pub fn new(root: Arc<Root>) -> LocalStorage {
+        LocalStorage { root }
+    }
+}
+
+/// Fills `buf` unless the file ends first; returns the bytes read.
+pub fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
+    Ok(filled)
 }
 
 impl Storage for LocalStorage {

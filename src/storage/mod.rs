@@ -228,7 +228,7 @@ thread_local! {
 }
 
 /// Runs `f` with `len` bytes of this thread's buffer.
-fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+pub fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     BUFFER.with(|b| {
         let mut b = b.borrow_mut();
         if b.len() < len {
@@ -305,6 +305,13 @@ impl fmt::Display for RootArg {
     }
 }
 
+/// What a server serves.
+pub struct Served {
+    pub storage: Arc<dyn Storage>,
+    /// The directory, when `--root` is one: tree manifests walk it directly.
+    pub dir: Option<Arc<crate::root::Root>>,
+}
+
 /// `--root`, checked: an open directory, or a store configuration.
 pub enum Backend {
     Local(crate::root::Root),
@@ -335,10 +342,19 @@ impl Backend {
     }
 
     /// The storage handlers use; `metrics` records the store's requests.
-    pub fn into_storage(self, metrics: &'static Slot) -> Result<Arc<dyn Storage>, String> {
+    pub fn into_storage(self, metrics: &'static Slot) -> Result<Served, String> {
         Ok(match self {
-            Backend::Local(root) => Arc::new(local::LocalStorage::new(root)),
-            Backend::S3(config) => Arc::new(s3::S3Storage::new(*config, metrics)?),
+            Backend::Local(root) => {
+                let root = Arc::new(root);
+                Served {
+                    storage: Arc::new(local::LocalStorage::new(Arc::clone(&root))),
+                    dir: Some(root),
+                }
+            }
+            Backend::S3(config) => Served {
+                storage: Arc::new(s3::S3Storage::new(*config, metrics)?),
+                dir: None,
+            },
         })
     }
 }

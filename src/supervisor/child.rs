@@ -9,6 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::build_info::Build;
 use crate::config::{LogFormat, ServeArgs};
 use crate::metrics::Region;
 use crate::serve::{ServeHooks, serve_until};
@@ -77,6 +78,10 @@ pub fn run(args: ServeArgs, id: usize) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Our release, from us: the supervisor only knows which path it ran,
+    // and the file there may have changed since.
+    let build = Build::own();
+    metrics.0.set_build(metrics.1, &build);
     // The supervisor checked that the store answers; a worker started while
     // it is briefly down must not crash-loop, and answers 502 until it is back.
     let root = match crate::serve::open_root(&args, false) {
@@ -103,8 +108,15 @@ pub fn run(args: ServeArgs, id: usize) -> ExitCode {
         let (trigger, shutdown) = shutdown::channel();
         tokio::spawn(worker_signals(trigger));
         let on_ready = Box::new(move || {
-            // The supervisor's log adds this worker's id and pid to the line.
-            tracing::info!("accepting connections");
+            // The supervisor's log adds this worker's id and pid to the line;
+            // `exe` is the file the kernel really loaded for us.
+            let exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+            tracing::info!(
+                version = %build.version,
+                commit = %build.commit,
+                exe = %exe.display(),
+                "accepting connections"
+            );
             let mut pipe = std::fs::File::from(ready);
             // If the supervisor cannot hear us it will time us out; nothing to add.
             let _ = pipe.write_all(READY_LINE);

@@ -51,7 +51,7 @@ pub enum WorkerEvent {
 
 /// How to start one worker.
 pub struct Spec<'a> {
-    /// The binary: `/proc/self/exe` at first, the file now on disk after a reload.
+    /// The binary: `/proc/self/exe` at first, the reload path after a reload.
     pub exe: &'a Path,
     /// What `ps` shows as the program: the supervisor's own argv[0].
     pub argv0: &'a std::ffi::OsStr,

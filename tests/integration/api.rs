@@ -4,13 +4,27 @@ use std::io::Write;
 
 use crate::helpers::*;
 
-const ALL: &str = "sha256,sha512,sha1,md5,blake3,crc32c";
+const ALL: &str =
+    "sha256,sha512,sha384,sha3-256,sha1,md5,blake3,crc32c,crc32,crc64nvme,xxh3,xxh128";
 
 #[test]
 fn hash_body_matches_independent_digests() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &[]);
-    for (i, len) in [0usize, 1, 5, 65_536, 1_000_003].into_iter().enumerate() {
+    // Past 1 MiB a body is hashed on the pool in batches: 1 MiB + 7 and
+    // 3 MiB + 17 cross that switch and several batches.
+    for (i, len) in [
+        0usize,
+        1,
+        5,
+        65_536,
+        1_000_003,
+        (1 << 20) + 7,
+        3 * (1 << 20) + 17,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let body = pseudo_random(len, 100 + i as u64);
         let f = dir.path().join(format!("body{i}"));
         std::fs::write(&f, &body).unwrap();
@@ -24,6 +38,33 @@ fn hash_body_matches_independent_digests() {
             "content type"
         );
     }
+}
+
+/// BLAKE3 against the BLAKE3 team's official test vectors (the default-length
+/// `hash` of each case), as a streamed body and as a file: the 35 lengths
+/// cross every boundary of the algorithm (64-byte block, 1 KiB chunk, trees
+/// of up to 100 chunks). This is the independent check of BLAKE3 itself;
+/// `oracle` can only check how the server streams it.
+#[test]
+fn blake3_matches_the_official_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let vectors = include_str!("../blake3_vectors.txt");
+    let mut cases = 0;
+    for line in vectors.lines().filter(|l| !l.starts_with('#')) {
+        let (len, want) = line.split_once(' ').unwrap();
+        let input: Vec<u8> = (0..len.parse::<usize>().unwrap())
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let r = srv.post("/hash?alg=blake3", &input);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["hash"], want, "body of {len} bytes");
+        std::fs::write(dir.path().join("v"), &input).unwrap();
+        let r = srv.get("/hash-file/v?alg=blake3");
+        assert_eq!(r.json()["hash"], want, "file of {len} bytes");
+        cases += 1;
+    }
+    assert_eq!(cases, 35);
 }
 
 #[test]
@@ -60,6 +101,45 @@ fn hash_body_chunked_encoding() {
     }
     s.write_all(b"0\r\n\r\n").unwrap();
     assert_digests(&read_response(&mut s), &want, body.len());
+}
+
+/// `?encoding=base64` writes the same big-endian bytes as the hex form, for
+/// every algorithm, on both endpoints; a checksum as S3 shows it; unknown
+/// encodings are refused.
+#[test]
+fn base64_encoding_of_every_algorithm() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let body = pseudo_random((1 << 20) + 7, 9);
+    let f = dir.path().join("f.bin");
+    std::fs::write(&f, &body).unwrap();
+    let want = oracle(&f, ALL);
+    let hex_bytes = |h: &str| -> Vec<u8> {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    for resp in [
+        srv.post(&format!("/hash?alg={ALL}&encoding=base64"), &body),
+        srv.get(&format!("/hash-file/f.bin?alg={ALL}&encoding=base64")),
+    ] {
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let v = resp.json();
+        for (alg, hex) in &want {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(hex_bytes(hex));
+            assert_eq!(v["digests"][alg].as_str(), Some(b64.as_str()), "{alg}");
+        }
+        assert_eq!(v["hash"], v["digests"]["sha256"]);
+    }
+    // S3's documented CRC64NVME of "123456789", as x-amz-checksum-crc64nvme shows it.
+    let r = srv.post("/hash?alg=crc64nvme&encoding=base64", b"123456789");
+    assert_eq!(r.json()["hash"], "rosUhgp5mIg=");
+    let r = srv.post("/hash?encoding=b64", b"x");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "bad_query");
+    assert!(r.text().contains("hex, base64"), "{}", r.text());
 }
 
 #[test]
@@ -182,8 +262,9 @@ fn error_codes_and_messages() {
     let r = srv.post("/hash?alg=sha3", b"x");
     assert_eq!((r.status, r.error_code().as_str()), (400, "bad_query"));
     assert!(
-        r.text()
-            .contains("sha256, sha512, sha1, md5, blake3, crc32c")
+        r.text().contains(
+            "sha256, sha512, sha384, sha3-256, sha1, md5, blake3, crc32c, crc32, crc64nvme, xxh3, xxh128"
+        )
     );
 
     let r = srv.post("/hash?alg=", b"x");
@@ -267,6 +348,14 @@ fn health_ready_and_metrics() {
     let srv = Server::start(dir.path(), &[]);
     assert_eq!(srv.get("/healthz").json()["status"], "ok");
     assert_eq!(srv.get("/readyz").json()["status"], "ready");
+    // One process, no supervisor: no phase to publish.
+    let workers = srv.get("/metrics.json").json()["workers"].clone();
+    assert!(workers["phase"].is_null(), "{workers}");
+    assert!(
+        !srv.get("/metrics")
+            .text()
+            .contains("hashpress_supervisor_phase")
+    );
     for _ in 0..7 {
         assert_eq!(srv.post("/hash", b"abc").status, 200);
     }
@@ -288,6 +377,64 @@ fn health_ready_and_metrics() {
     assert_eq!(
         srv.metric(r#"hashpress_processed_bytes_total{op="hash",direction="in"}"#),
         Some(21.0)
+    );
+}
+
+/// `GET /` is for a person with a browser: an HTML page linking the
+/// dashboard, the OpenAPI description, the metrics and the README's API
+/// section (embedded, escaped), every link of which answers 200; the same
+/// links as JSON on `Accept: application/json`; other methods 405.
+#[test]
+fn index_page_links_everything_useful() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let r = srv.get("/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let page = r.text();
+    for href in ["/dashboard", "/openapi.json", "/metrics", "#api"] {
+        assert!(
+            page.contains(&format!("href=\"{href}\"")),
+            "no link to {href}: {page}"
+        );
+    }
+    assert!(page.contains("<section id=\"api\">"), "{page}");
+    assert!(page.contains("curl --data-binary @big.iso"), "{page}");
+    // The README's `{"error": "<code>", ...}`, as text, not as a tag.
+    assert!(page.contains("\"&lt;code&gt;\""), "{page}");
+    let mut followed = Vec::new();
+    for piece in page.split("href=\"/").skip(1) {
+        let path = format!("/{}", &piece[..piece.find('"').unwrap()]);
+        assert_eq!(srv.get(&path).status, 200, "link {path}");
+        followed.push(path);
+    }
+    assert!(followed.len() >= 6, "{followed:?}");
+
+    let r = request(srv.addr, "GET", "/", &[("Accept", "application/json")], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(v["service"], "hashpress");
+    assert_eq!(v["links"]["dashboard"], "/dashboard");
+    assert_eq!(v["links"]["openapi.json"], "/openapi.json");
+    assert_eq!(v["links"]["metrics"], "/metrics");
+    assert_eq!(v["links"]["api"], "/#api");
+    for (name, link) in v["links"].as_object().unwrap() {
+        let path = link.as_str().unwrap().trim_end_matches("#api");
+        assert_eq!(srv.get(path).status, 200, "{name}: {path}");
+    }
+    let routes = v["routes"].as_array().unwrap();
+    assert!(routes.iter().any(|r| r == "GET /"), "{v}");
+    assert!(routes.iter().any(|r| r == "POST /hash"), "{v}");
+
+    let r = srv.post("/", b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.error_code(), "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    assert_eq!(
+        srv.metric(r#"hashpress_http_requests_total{route="/",method="GET",status="200"}"#),
+        Some(3.0),
+        "the page, its JSON, and the JSON's own \"/#api\" link"
     );
 }
 

@@ -36,10 +36,10 @@ fn precedence_is_flag_then_env_then_file_then_default() {
     );
     assert_eq!(threads(&srv), 7.0);
     drop(srv);
-    // Default: one per core, queue 32 per thread.
+    // Default: one per core, queue 1024 per thread.
     let srv = Server::start(dir.path(), &[]);
     let cores = std::thread::available_parallelism().unwrap().get() as f64;
-    assert_eq!((threads(&srv), queue(&srv)), (cores, 32.0 * cores));
+    assert_eq!((threads(&srv), queue(&srv)), (cores, 1024.0 * cores));
 }
 
 #[test]
@@ -83,11 +83,16 @@ fn help_explains_every_flag_with_its_default() {
         "--config",
         "--header-read-timeout",
         "--body-read-timeout",
+        "--reload-exe",
+        "--keepalive-requests",
+        "--keepalive-time",
+        "--keepalive-timeout",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
     assert!(help.contains("[default: 127.0.0.1:3000]"));
     assert!(help.contains("HASHPRESS_POOL_THREADS"));
+    assert!(help.contains("HASHPRESS_RELOAD_EXE"));
     let top = std::process::Command::new(BIN)
         .arg("--help")
         .output()

@@ -25,13 +25,15 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 
 /// The charts of the page, by their `data-chart` names.
-const CHARTS: [&str; 8] = [
+const CHARTS: [&str; 10] = [
     "rps-route",
     "rps-status",
     "latency",
     "bytes",
     "pool",
     "cpu",
+    "split",
+    "conns",
     "memory",
     "workers",
 ];
@@ -191,6 +193,7 @@ fn wait_workers(srv: &Server, n: u64) {
 }
 
 #[test]
+#[ignore = "needs chromium (.ci/run installs it)"]
 fn dashboard_fills_with_live_figures_in_chromium() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
@@ -254,6 +257,9 @@ fn dashboard_fills_with_live_figures_in_chromium() {
     let (p50, p99) = (get("latency-p50"), get("latency-p99"));
     assert!(p50 > 0.0 && p50 <= p99 && p99 < 60.0, "p50 {p50} p99 {p99}");
     assert!(get("pool-threads") >= 1.0, "{}", report());
+    // Pool work ran (gzip), so its queue waits have a percentile.
+    let qwait = get("queue-wait-p99");
+    assert!((0.0..60.0).contains(&qwait), "queue wait p99 {qwait}");
     // Per-worker memory and CPU, one series per live worker.
     let rss: Vec<f64> = m
         .iter()
@@ -269,6 +275,19 @@ fn dashboard_fills_with_live_figures_in_chromium() {
         .sum();
     assert!(cpu > 0.0, "{}", report());
     assert!(get("rss-supervisor") > 0.0, "{}", report());
+    // How the work is split: requests/s and connections, one series per worker.
+    let split: Vec<f64> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("requests-worker-"))
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(split.len(), 2, "{}", report());
+    assert!(split.iter().sum::<f64>() > 0.0, "{}", report());
+    let conns = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("connections-worker-"))
+        .count();
+    assert_eq!(conns, 2, "{}", report());
     eprintln!(
         "dashboard test: {} load requests, {:.1} s",
         sent.load(Ordering::Relaxed),
@@ -303,16 +322,22 @@ fn dashboard_page_is_self_contained() {
     assert_eq!(srv.post("/dashboard", b"").status, 405);
 }
 
-/// With `--token-file` the page still opens (it holds no figures) while the
-/// figures it polls need the token.
-#[test]
-fn dashboard_opens_without_token_but_figures_need_one() {
+/// A server with `--token-file` holding the token `sesame`.
+fn server_with_token() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "sesame\n").unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
     let srv = Server::start(&root, &["--token-file", tokens.to_str().unwrap()]);
+    (dir, srv)
+}
+
+/// With `--token-file` the page still opens (it holds no figures) while the
+/// figures it polls need the token.
+#[test]
+fn dashboard_opens_without_token_but_figures_need_one() {
+    let (_dir, srv) = server_with_token();
     assert_eq!(srv.get("/dashboard").status, 200);
     assert_eq!(srv.get("/metrics.json").status, 401);
     let r = request(
@@ -323,8 +348,13 @@ fn dashboard_opens_without_token_but_figures_need_one() {
         b"",
     );
     assert_eq!(r.status, 200);
+}
 
-    // In the browser, without a token: "disconnected", and the token form.
+/// In the browser, without a token: "disconnected", and the token form.
+#[test]
+#[ignore = "needs chromium (.ci/run installs it)"]
+fn dashboard_without_token_shows_the_token_form_in_chromium() {
+    let (_dir, srv) = server_with_token();
     let profile = tempfile::tempdir().unwrap();
     let url = format!("http://{}/dashboard", srv.addr);
     let dom = run_chromium(

@@ -2,6 +2,8 @@
 //! binary on a free loopback port and talks HTTP to it.
 
 mod api;
+mod balance;
+mod cli;
 mod cluster;
 mod config;
 mod confinement;
@@ -10,5 +12,9 @@ mod hardening;
 mod helpers;
 mod lifecycle;
 mod metrics;
+mod shedding;
 mod storage;
 mod streaming;
+mod strict_http;
+mod trees;
+mod upgrade;

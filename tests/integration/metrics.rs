@@ -90,6 +90,8 @@ fn totals_are_exact_across_workers_deaths_and_reloads() {
     assert_eq!(hash_ok_count(&v), N, "counts lost with the killed worker");
     assert_eq!(v["workers"]["restarts"]["crash"], 1);
     assert_eq!(v["workers"]["alive"], 2);
+    assert_eq!(v["workers"]["phase"], "ready");
+    assert_eq!(v["workers"]["generation"], 0);
 
     // SIGHUP reload: every worker new, totals unchanged.
     let before = worker_pids(&v);
@@ -100,6 +102,9 @@ fn totals_are_exact_across_workers_deaths_and_reloads() {
     });
     assert_eq!(hash_ok_count(&v), N, "counts lost in the reload");
     assert_eq!(v["workers"]["restarts"]["reload"], 2);
+    // The old generation is gone, so the new one was published serving.
+    assert_eq!(v["workers"]["phase"], "ready");
+    assert_eq!(v["workers"]["generation"], 1);
     for _ in 0..10 {
         srv.post("/hash", b"x");
     }
@@ -114,7 +119,9 @@ fn totals_are_exact_across_workers_deaths_and_reloads() {
 fn histogram_text_and_json_agree() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &["--workers", "2"]);
-    wait_for(&srv, "two workers", |v| worker_pids(v).len() == 2);
+    wait_for(&srv, "two workers ready", |v| {
+        worker_pids(v).len() == 2 && v["workers"]["phase"] == "ready"
+    });
     for i in 0..50 {
         srv.post("/hash", &vec![7u8; i * 1000]);
     }
@@ -161,6 +168,15 @@ fn histogram_text_and_json_agree() {
         2
     );
     assert_eq!(text_value(&text, "hashpress_workers"), Some(2.0));
+    assert_eq!(
+        text_value(&text, r#"hashpress_supervisor_phase{phase="ready"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        text_value(&text, r#"hashpress_supervisor_phase{phase="starting"}"#),
+        Some(0.0)
+    );
+    assert_eq!(text_value(&text, "hashpress_generation"), Some(0.0));
     // Accept: application/json on /metrics is the JSON view.
     let r = request(
         srv.addr,

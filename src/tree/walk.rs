@@ -1,0 +1,345 @@
+//! A confined, sorted walk of a directory tree under the served root.
+//!
+//! Each directory is opened relative to its parent's handle with
+//! `O_DIRECTORY | O_NOFOLLOW`, starting from a handle that `Root` resolved
+//! beneath the root, so no symlink and no rename race can take the walk
+//! outside: a directory swapped for a symlink mid-walk fails to open instead
+//! of being followed. Symlinked directories are reported, never entered, so
+//! the walk cannot loop. Files are opened through `Root::open_file`, the
+//! same resolution as `GET /hash-file`: a symlink to a file beneath the root
+//! is followed, one that leads outside is an error entry. FIFOs, sockets
+//! and devices are reported as skipped and never opened.
+//!
+//! Order: entries come in byte-wise order of their path relative to the
+//! start, which is what `sort` and every manifest tool expect. That is not
+//! the order of a plain depth-first walk of sorted names ("a.txt" sorts
+//! before "a/b", '.' < '/'), so a directory is sorted as its name plus '/'.
+//! Only one directory's names are held at a time per level of depth.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::root::{OpenError, RelPath, Root};
+
+/// What the walk found at one path.
+#[derive(Debug)]
+pub enum Entry {
+    /// A regular file, open for reading, with its size at open.
+    File {
+        path: Vec<u8>,
+        file: File,
+        size: u64,
+    },
+    /// Listed but not read: a FIFO, socket, device or symlinked directory.
+    Skipped { path: Vec<u8>, why: &'static str },
+    /// Could not be opened or listed; the walk goes on.
+    Error { path: Vec<u8>, error: OpenError },
+}
+
+impl Entry {
+    pub fn path(&self) -> &[u8] {
+        match self {
+            Entry::File { path, .. } | Entry::Skipped { path, .. } | Entry::Error { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Special,
+    Unknown,
+}
+
+/// One open directory: its remaining names, sorted.
+struct Level {
+    fd: OwnedFd,
+    /// Path from the start ("" for the start itself), with a trailing '/'
+    /// unless empty.
+    prefix: Vec<u8>,
+    names: std::vec::IntoIter<(Vec<u8>, Kind)>,
+}
+
+/// The walk; an iterator of entries, each opened as it is reached.
+pub struct Walk {
+    root: Arc<Root>,
+    /// Where the walk started, relative to the root (None: the root).
+    start: Option<RelPath>,
+    stack: Vec<Level>,
+}
+
+impl Walk {
+    /// Starts at `dir` under the root (`None`: the root itself). Fails if it
+    /// is missing, outside, or not a directory.
+    pub fn new(root: Arc<Root>, dir: Option<RelPath>) -> Result<Walk, OpenError> {
+        let fd = root.open_dir(dir.as_ref())?;
+        let names = read_sorted(&fd).map_err(OpenError::Io)?;
+        Ok(Walk {
+            root,
+            start: dir,
+            stack: vec![Level {
+                fd,
+                prefix: Vec::new(),
+                names: names.into_iter(),
+            }],
+        })
+    }
+
+    /// The path relative to the root of `path` (relative to the start).
+    fn under_root(&self, path: &[u8]) -> RelPath {
+        let mut full = match &self.start {
+            Some(s) => {
+                let mut v = s.as_bytes().to_vec();
+                v.push(b'/');
+                v
+            }
+            None => Vec::new(),
+        };
+        full.extend_from_slice(path);
+        RelPath::from_walk(full)
+    }
+}
+
+impl Iterator for Walk {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        loop {
+            let level = self.stack.last_mut()?;
+            let Some((name, kind)) = level.names.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let mut path = level.prefix.clone();
+            path.extend_from_slice(&name);
+            let kind = match kind {
+                Kind::Unknown => kind_at(&level.fd, &name),
+                k => k,
+            };
+            match kind {
+                Kind::Dir => match open_subdir(&level.fd, &name) {
+                    Ok(fd) => match read_sorted(&fd) {
+                        Ok(names) => {
+                            path.push(b'/');
+                            self.stack.push(Level {
+                                fd,
+                                prefix: path,
+                                names: names.into_iter(),
+                            });
+                        }
+                        Err(e) => {
+                            return Some(Entry::Error {
+                                path,
+                                error: OpenError::Io(e),
+                            });
+                        }
+                    },
+                    Err(e) => {
+                        return Some(Entry::Error {
+                            path,
+                            error: classify_dir(e),
+                        });
+                    }
+                },
+                Kind::Special => {
+                    return Some(Entry::Skipped {
+                        path,
+                        why: "not a regular file (FIFO, socket or device)",
+                    });
+                }
+                Kind::File | Kind::Symlink | Kind::Unknown => {
+                    let rel = self.under_root(&path);
+                    return Some(match self.root.open_file(&rel) {
+                        Ok((file, size)) => Entry::File { path, file, size },
+                        Err(OpenError::NotAFile) if kind == Kind::Symlink => Entry::Skipped {
+                            path,
+                            why: "a symlink to a directory (not followed)",
+                        },
+                        Err(OpenError::NotAFile) => Entry::Skipped {
+                            path,
+                            why: "not a regular file",
+                        },
+                        Err(error) => Entry::Error { path, error },
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn classify_dir(e: io::Error) -> OpenError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => OpenError::NotFound,
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            OpenError::Forbidden("permission denied by the file system")
+        }
+        // Swapped for a symlink between listing and opening.
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
+            OpenError::Forbidden("the directory was replaced by a symlink during the walk")
+        }
+        _ => OpenError::Io(e),
+    }
+}
+
+fn open_subdir(parent: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
+    let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: openat with a directory fd we hold and a NUL-terminated name.
+    let fd = unsafe { libc::openat(parent.as_raw_fd(), c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor from openat, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn kind_at(dir: &OwnedFd, name: &[u8]) -> Kind {
+    let Ok(c) = CString::new(name) else {
+        return Kind::Unknown;
+    };
+    // SAFETY: fstatat into a zeroed stat buffer we own, with a valid fd and name.
+    let mode = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        ) != 0
+        {
+            return Kind::Unknown;
+        }
+        st.st_mode & libc::S_IFMT
+    };
+    match mode {
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFREG => Kind::File,
+        libc::S_IFLNK => Kind::Symlink,
+        _ => Kind::Special,
+    }
+}
+
+/// The names in a directory (not "." or ".."), sorted byte-wise with
+/// directories as "name/".
+fn read_sorted(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, Kind)>> {
+    // fdopendir takes the descriptor over: give it a duplicate.
+    // SAFETY: fcntl on a descriptor we hold.
+    let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fdopendir on a fresh descriptor; on success the stream owns it.
+    let stream = unsafe { libc::fdopendir(dup) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so the duplicate is still ours to close.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: readdir on a live stream; the entry is copied out before
+        // the next call.
+        let ent = unsafe { libc::readdir(stream) };
+        if ent.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated within the entry readdir returned.
+        let (name, d_type) = unsafe {
+            let name = std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()).to_bytes();
+            (name.to_vec(), (*ent).d_type)
+        };
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let kind = match d_type {
+            libc::DT_DIR => Kind::Dir,
+            libc::DT_REG => Kind::File,
+            libc::DT_LNK => Kind::Symlink,
+            libc::DT_UNKNOWN => Kind::Unknown,
+            _ => Kind::Special,
+        };
+        names.push((name, kind));
+    }
+    // SAFETY: closing the stream we opened (and its descriptor).
+    unsafe { libc::closedir(stream) };
+    // An unknown kind may be a directory: ask before sorting.
+    for (name, kind) in &mut names {
+        if *kind == Kind::Unknown {
+            *kind = kind_at(dir, name);
+        }
+    }
+    names.sort_by(|(a, ka), (b, kb)| {
+        let a = a.iter().chain((*ka == Kind::Dir).then_some(&b'/'));
+        let b = b.iter().chain((*kb == Kind::Dir).then_some(&b'/'));
+        a.cmp(b)
+    });
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn paths(root: &Arc<Root>, dir: Option<&str>) -> Vec<String> {
+        let dir = dir.map(|d| RelPath::parse(d).unwrap());
+        Walk::new(root.clone(), dir)
+            .unwrap()
+            .map(|e| {
+                let tag = match &e {
+                    Entry::File { .. } => "",
+                    Entry::Skipped { .. } => " (skipped)",
+                    Entry::Error { .. } => " (error)",
+                };
+                format!("{}{tag}", String::from_utf8_lossy(e.path()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sorted_byte_wise_confined_and_loop_free() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        let d = t.path().join("r");
+        std::fs::create_dir_all(d.join("a/b")).unwrap();
+        std::fs::create_dir_all(d.join("empty")).unwrap();
+        std::fs::write(d.join("a.txt"), b"1").unwrap();
+        std::fs::write(d.join("a/b/c"), b"2").unwrap();
+        std::fs::write(d.join("a/z"), b"3").unwrap();
+        std::fs::write(d.join("B"), b"4").unwrap();
+        symlink("a", d.join("loop")).unwrap();
+        symlink("a.txt", d.join("link.txt")).unwrap();
+        symlink(outside.path().join("secret"), d.join("out")).unwrap();
+        let root = Arc::new(Root::open(&d).unwrap());
+        assert_eq!(
+            paths(&root, None),
+            [
+                "B",
+                "a.txt",
+                "a/b/c",
+                "a/z",
+                "link.txt",
+                "loop (skipped)",
+                "out (error)"
+            ]
+        );
+        assert_eq!(paths(&root, Some("a")), ["b/c", "z"]);
+        assert!(matches!(
+            Walk::new(root.clone(), Some(RelPath::parse("a.txt").unwrap())),
+            Err(OpenError::NotAFile)
+        ));
+        assert!(matches!(
+            Walk::new(root.clone(), Some(RelPath::parse("nope").unwrap())),
+            Err(OpenError::NotFound)
+        ));
+    }
+}

@@ -1,0 +1,205 @@
+//! Load shedding by expected wait: cheap work queues instead of being
+//! refused, expensive work is refused at once with an honest Retry-After,
+//! the queue-place bound still holds memory, and the metrics say why.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::helpers::*;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `f(i)` on `n` threads that start together; returns the results in order.
+fn burst<T: Send + 'static>(n: usize, f: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
+    let barrier = Arc::new(Barrier::new(n));
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, f) = (barrier.clone(), f.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                f(i)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// The defect this replaces: 256 clients hashing a 64 KiB file at once got
+/// half 503s from a queue of 32 jobs per thread, though the whole queue held
+/// a few milliseconds of work. Now every one of them is served.
+#[test]
+fn cheap_requests_queue_instead_of_being_shed() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pseudo_random(64 << 10, 7);
+    std::fs::write(dir.path().join("f64k.bin"), &body).unwrap();
+    let want = hex(&Sha256::digest(&body));
+    let srv = Server::start(dir.path(), &["--pool-threads", "1"]);
+    let addr = srv.addr;
+    let results = burst(256, move |_| {
+        (0..4)
+            .map(|_| request(addr, "GET", "/hash-file/f64k.bin", &[], b""))
+            .collect::<Vec<_>>()
+    });
+    for r in results.iter().flatten() {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["hash"].as_str(), Some(want.as_str()));
+    }
+    assert_eq!(
+        srv.metric("hashpress_pool_rejected_total{reason=\"wait\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        srv.metric("hashpress_pool_rejected_total{reason=\"memory\"}"),
+        Some(0.0)
+    );
+    // Every one of those jobs waited in the queue and was timed.
+    let waits = srv
+        .metric("hashpress_pool_queue_wait_seconds_count")
+        .unwrap();
+    assert!(waits >= 1024.0, "{waits} queue waits recorded");
+    let j = srv.get("/metrics.json").json();
+    assert_eq!(j["pool"]["queue_waits"].as_f64(), Some(waits));
+    assert_eq!(j["pool"]["rejected"], 0);
+}
+
+/// Real overload on one pool thread: more gzip work than fits in
+/// --max-queue-wait. The requests that would wait too long are refused
+/// quickly, with a Retry-After that reflects the backlog, counted under
+/// reason "wait"; the admitted ones all finish with the right output.
+#[test]
+fn expensive_requests_are_shed_by_expected_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = text_like(8 << 20);
+    std::fs::write(dir.path().join("text"), &text).unwrap();
+    let srv = Server::start(
+        dir.path(),
+        &["--pool-threads", "1", "--max-queue-wait", "300ms"],
+    );
+    // One request alone first, so the pool has measured what a gzip job costs.
+    let warm = srv.get("/compress/text?parallel=false");
+    assert_eq!(warm.status, 200);
+    assert_eq!(gunzip(&warm.body), text);
+    let addr = srv.addr;
+    let results = burst(32, move |_| {
+        let t = Instant::now();
+        let r = request(addr, "GET", "/compress/text?parallel=false", &[], b"");
+        (r, t.elapsed())
+    });
+    let mut shed = 0;
+    let mut served = 0;
+    for (r, took) in &results {
+        match r.status {
+            200 => {
+                served += 1;
+                assert_eq!(gunzip(&r.body).len(), text.len());
+            }
+            503 => {
+                shed += 1;
+                assert_eq!(r.error_code(), "overloaded");
+                let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                assert!((1..=60).contains(&retry), "Retry-After {retry}");
+                // Refused at admission, or at the latest at the deadline
+                // (300 ms); generous for a loaded test machine.
+                assert!(*took < Duration::from_secs(3), "503 after {took:?}");
+            }
+            other => panic!("status {other}: {}", r.text()),
+        }
+    }
+    eprintln!("32 concurrent 8 MiB gzips on one thread: {served} served, {shed} shed");
+    assert!(shed > 0, "nothing was shed");
+    assert!(served > 0, "nothing was served");
+    let by_wait = srv
+        .metric("hashpress_pool_rejected_total{reason=\"wait\"}")
+        .unwrap();
+    assert_eq!(by_wait, shed as f64);
+    // Normal right after.
+    let r = srv.get("/compress/text?parallel=false");
+    assert_eq!(r.status, 200);
+    assert_eq!(gunzip(&r.body), text);
+}
+
+/// --pool-queue still bounds the jobs (and so the memory) queued: with a
+/// tiny queue and no wait bound to speak of, a burst is shed for reason
+/// "memory", resident memory stays bounded, and the server is normal after.
+#[test]
+fn the_queue_place_bound_still_holds_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("big.bin"), pseudo_random(8 << 20, 42)).unwrap();
+    let srv = Server::start(
+        dir.path(),
+        &[
+            "--pool-threads",
+            "1",
+            "--pool-queue",
+            "4",
+            "--max-queue-wait",
+            "10m",
+        ],
+    );
+    let base_rss = srv.rss_kib();
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done, pid) = (peak.clone(), done.clone(), srv.pid());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid) as usize, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let addr = srv.addr;
+    let results = burst(64, move |i| {
+        let path = if i % 2 == 0 {
+            "/hash-file/big.bin?alg=sha256,sha512,blake3"
+        } else {
+            "/compress/big.bin?level=1"
+        };
+        request(addr, "GET", path, &[], b"")
+    });
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let ok = results.iter().filter(|r| r.status == 200).count();
+    let shed = results.iter().filter(|r| r.status == 503).count();
+    for r in &results {
+        match r.status {
+            200 => {}
+            503 => {
+                assert_eq!(r.error_code(), "overloaded");
+                assert!(
+                    r.json()["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("--pool-queue")
+                );
+                assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+            }
+            other => panic!("status {other}: {}", r.text()),
+        }
+    }
+    assert_eq!(ok + shed, 64);
+    assert!(shed > 0, "nothing was shed");
+    assert!(ok >= 2, "only {ok} served");
+    let peak = peak.load(Ordering::Relaxed) as u64;
+    eprintln!("queue bound: {ok} served, {shed} shed; RSS {base_rss} KiB before, peak {peak} KiB");
+    assert!(
+        peak < base_rss + 64 * 1024,
+        "RSS grew from {base_rss} KiB to {peak} KiB"
+    );
+    assert_eq!(
+        srv.metric("hashpress_pool_rejected_total{reason=\"memory\"}"),
+        Some(shed as f64)
+    );
+    assert_eq!(
+        srv.metric("hashpress_pool_rejected_total{reason=\"wait\"}"),
+        Some(0.0)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(srv.get("/hash-file/big.bin").status, 200);
+}

@@ -1,0 +1,218 @@
+//! Whole trees: manifests that `sha256sum -c` and `b3sum -c` accept, a
+//! summary digest anyone can recompute with coreutils, and checks that find
+//! what changed, what is missing and what is new.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::Command;
+
+use crate::helpers::*;
+
+/// Nested directories, an empty file, names with spaces, non-ASCII, a
+/// newline and a backslash, a FIFO, a symlink loop and a symlink that leads
+/// outside the root (unreadable: an error line, and the walk goes on).
+fn make_tree(root: &Path, outside: &Path) {
+    let t = root.join("tree");
+    std::fs::create_dir_all(t.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(t.join("empty dir")).unwrap();
+    std::fs::write(t.join("a/b/c/deep.bin"), pseudo_random(300_000, 1)).unwrap();
+    std::fs::write(t.join("a/one"), b"1").unwrap();
+    std::fs::write(t.join("a.txt"), b"a dot txt").unwrap();
+    std::fs::write(t.join("empty"), b"").unwrap();
+    std::fs::write(t.join("with space.txt"), b"space").unwrap();
+    std::fs::write(t.join("\u{e9}t\u{e9}.txt"), b"accent").unwrap();
+    std::fs::write(t.join("new\nline"), b"newline").unwrap();
+    std::fs::write(t.join("back\\slash"), b"backslash").unwrap();
+    std::fs::write(t.join("big.bin"), pseudo_random(3 << 20, 2)).unwrap();
+    symlink("..", t.join("a/up")).unwrap();
+    std::fs::write(outside.join("secret"), b"s").unwrap();
+    symlink(outside.join("secret"), t.join("m-outside")).unwrap();
+    let fifo =
+        std::ffi::CString::new(t.join("pipe").into_os_string().into_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+}
+
+fn ndjson(body: &[u8]) -> Vec<serde_json::Value> {
+    body.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
+fn sh(cwd: &Path, script: &str) -> (bool, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn manifests_are_what_sha256sum_reads_and_recomputes() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    make_tree(dir.path(), outside.path());
+    let srv = Server::start(dir.path(), &[]);
+    let tree = dir.path().join("tree");
+
+    // sha256sum format: `sha256sum -c` in the tree accepts every line.
+    let r = srv.get("/manifest/tree?format=sha256sum");
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::fs::write(dir.path().join("SHA256SUMS"), &r.body).unwrap();
+    let (ok, out) = sh(&tree, "sha256sum -c --strict ../SHA256SUMS");
+    assert!(ok, "sha256sum -c refused it:\n{out}\n{}", r.text());
+    assert_eq!(out.matches(": OK").count(), 9, "{out}");
+    // Escaped names are written as coreutils writes them.
+    assert!(r.text().contains("  new\\nline\n"), "{}", r.text());
+    assert!(r.text().contains("  back\\\\slash\n"), "{}", r.text());
+
+    // NDJSON: one line per file in byte-wise order, errors and skipped
+    // entries in place, and a summary whose digest coreutils recomputes.
+    let r = srv.get("/manifest/tree?alg=sha256,md5");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    let lines = ndjson(&r.body);
+    let paths: Vec<&str> = lines.iter().filter_map(|l| l["path"].as_str()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    assert_eq!(paths, sorted);
+    assert_eq!(paths[0], "a.txt", "'.' sorts before '/': {paths:?}");
+    let find = |p: &str| lines.iter().find(|l| l["path"] == p).unwrap().clone();
+    assert!(find("a/up")["skipped"].as_str().is_some());
+    assert!(find("pipe")["skipped"].as_str().is_some());
+    assert_eq!(find("m-outside")["error"], "outside_root");
+    let deep = find("a/b/c/deep.bin");
+    let want = oracle(&tree.join("a/b/c/deep.bin"), "sha256,md5");
+    assert_eq!(deep["sha256"].as_str(), Some(want["sha256"].as_str()));
+    assert_eq!(deep["md5"].as_str(), Some(want["md5"].as_str()));
+    assert_eq!(deep["bytes"], 300_000);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["files"], 9);
+    assert_eq!(summary["errors"], 1);
+    assert_eq!(summary["skipped"], 2);
+    let (ok, out) = sh(
+        &tree,
+        "find . -type f -printf '%P\\0' | sort -z | xargs -0 sha256sum | sha256sum",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        summary["manifest_sha256"].as_str().unwrap(),
+        out.split_whitespace().next().unwrap()
+    );
+
+    // BSD and BagIt lines.
+    let bsd = srv.get("/manifest/tree/a?format=bsd&alg=md5").text();
+    assert!(bsd.starts_with("MD5 (b/c/deep.bin) = "), "{bsd}");
+    let bag = srv.get("/manifest/tree?format=bagit").text();
+    assert!(bag.contains("  new%0Aline\n"), "{bag}");
+    // The whole root.
+    let all = ndjson(&srv.get("/manifest/").body);
+    assert!(all.iter().any(|l| l["path"] == "tree/a/one"));
+}
+
+#[test]
+fn checks_find_changed_missing_and_new_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    make_tree(dir.path(), outside.path());
+    let srv = Server::start(dir.path(), &[]);
+    let tree = dir.path().join("tree");
+    let before = srv.get("/manifest/tree?alg=blake3").body;
+    let sums = srv.get("/manifest/tree?format=sha256sum").body;
+
+    // Unchanged: every listed file ok, verdict pass.
+    let r = srv.post("/manifest/tree/check", &before);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines = ndjson(&r.body);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["verdict"], "pass", "{}", r.text());
+    assert_eq!(summary["ok"], 9);
+
+    std::fs::write(tree.join("a/one"), b"2").unwrap();
+    std::fs::remove_file(tree.join("with space.txt")).unwrap();
+    std::fs::write(tree.join("a/zz-new"), b"new").unwrap();
+    for (body, query) in [(&before, ""), (&sums, "")] {
+        let r = srv.post(&format!("/manifest/tree/check{query}"), body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let lines = ndjson(&r.body);
+        let status = |p: &str| {
+            lines
+                .iter()
+                .find(|l| l["path"] == p)
+                .map(|l| l["status"].as_str().unwrap().to_string())
+        };
+        assert_eq!(status("a/one").as_deref(), Some("changed"), "{}", r.text());
+        assert_eq!(status("with space.txt").as_deref(), Some("missing"));
+        assert_eq!(status("a/zz-new").as_deref(), Some("new"));
+        assert_eq!(status("a.txt").as_deref(), Some("ok"));
+        let s = lines.last().unwrap();
+        // New: a/zz-new, and m-outside, which is not listed (unreadable).
+        assert_eq!(
+            (
+                s["changed"].as_u64(),
+                s["missing"].as_u64(),
+                s["new"].as_u64()
+            ),
+            (Some(1), Some(1), Some(2))
+        );
+        assert_eq!(s["verdict"], "fail");
+        // Records in path order, the summary last.
+        let paths: Vec<&str> = lines.iter().filter_map(|l| l["path"].as_str()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        assert_eq!(paths, sorted);
+    }
+
+    // A body that does not parse: 400 naming the line.
+    let r = srv.post("/manifest/tree/check", b"abcd  a\nnot a manifest line\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "bad_body");
+    assert!(r.text().contains("line 2"), "{}", r.text());
+}
+
+#[test]
+fn hostile_and_wrong_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    for (path, status, code) in [
+        ("/manifest/f", 400, "not_a_file"),
+        ("/manifest/nope", 404, "not_found"),
+        ("/manifest/..", 403, "outside_root"),
+        ("/manifest/d/%2e%2e/%2e%2e", 403, "outside_root"),
+        ("/manifest/d?format=xml", 400, "bad_query"),
+    ] {
+        let r = srv.get(path);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    let r = srv.post("/manifest/d", b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("/check"));
+}
+
+/// `b3sum -c` accepts the BLAKE3 manifest in sha256sum format.
+#[test]
+#[ignore = "needs b3sum (Debian's b3sum; .ci/run installs it)"]
+fn b3sum_reads_blake3_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    make_tree(dir.path(), outside.path());
+    let srv = Server::start(dir.path(), &[]);
+    let r = srv.get("/manifest/tree?format=sha256sum&alg=blake3");
+    std::fs::write(dir.path().join("B3SUMS"), &r.body).unwrap();
+    let (ok, out) = sh(&dir.path().join("tree"), "b3sum -c ../B3SUMS");
+    assert!(ok, "b3sum -c refused it (or b3sum is missing):\n{out}");
+    assert_eq!(out.matches(": OK").count(), 9, "{out}");
+}
