@@ -218,7 +218,7 @@ pub struct ServeArgs {
     /// run times) is refused at once with 503 and a Retry-After of the measured backlog;
     /// one that still waits this long is refused then. Requests already running are never
     /// shed. (units: ms, s, m; a bare number is seconds)
-    #[arg(long, env = "HASHPRESS_MAX_QUEUE_WAIT", default_value = "500ms", value_name = "DURATION",
+    #[arg(long, env = "HASHPRESS_MAX_QUEUE_WAIT", default_value = "1s", value_name = "DURATION",
           value_parser = parse_duration)]
     pub max_queue_wait: Duration,
 

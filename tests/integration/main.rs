@@ -12,6 +12,7 @@ mod hardening;
 mod helpers;
 mod lifecycle;
 mod metrics;
+mod scale;
 mod shedding;
 mod storage;
 mod streaming;

@@ -106,6 +106,30 @@ fn manifests_are_what_sha256sum_reads_and_recomputes() {
         out.split_whitespace().next().unwrap()
     );
 
+    // A BLAKE3 manifest's digest is over b3sum-format lines (no SHA-256 pass).
+    let b3 = ndjson(&srv.get("/manifest/tree/a?alg=blake3").body);
+    let mut text = Vec::new();
+    for l in b3.iter().filter(|l| l["blake3"].is_string()) {
+        text.extend_from_slice(
+            format!(
+                "{}  {}\n",
+                l["blake3"].as_str().unwrap(),
+                l["path"].as_str().unwrap()
+            )
+            .as_bytes(),
+        );
+    }
+    let want = {
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(&text);
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    assert_eq!(
+        b3.last().unwrap()["manifest_sha256"].as_str(),
+        Some(want.as_str())
+    );
+    assert!(b3[0].get("sha256").is_none());
+
     // BSD and BagIt lines.
     let bsd = srv.get("/manifest/tree/a?format=bsd&alg=md5").text();
     assert!(bsd.starts_with("MD5 (b/c/deep.bin) = "), "{bsd}");
