@@ -314,26 +314,132 @@ impl Backend for DirBackend {
     }
 }
 
-/// `--root s3://hp-test/served` on s3s-fs; the secret is `secret.txt` at
-/// the top of the bucket.
+/// A garage cluster started by `deploy/garage/cluster` (1 node: these tests
+/// are about hashpress, scale.rs is about the cluster); stopped when dropped.
+pub struct Garage {
+    dir: tempfile::TempDir,
+    /// The `export` lines of `cluster up`: endpoint, key, region, bucket.
+    env: Vec<(String, String)>,
+}
+
+impl Garage {
+    fn cluster(args: &[&str]) -> std::process::Output {
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/garage/cluster"
+            ))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running deploy/garage/cluster")
+    }
+
+    pub fn start() -> Garage {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("garage");
+        let out = Garage::cluster(&[
+            "up",
+            "--single",
+            "--dir",
+            state.to_str().unwrap(),
+            "--ttl",
+            "900",
+        ]);
+        assert!(
+            out.status.success(),
+            "garage did not start (needs the garage binary: cargo install garage --version \
+             2.5.0 --locked): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.strip_prefix("export ")?.split_once('=')?;
+                Some((k.to_string(), v.trim_matches('\'').to_string()))
+            })
+            .collect();
+        Garage { dir, env }
+    }
+
+    fn var(&self, name: &str) -> &str {
+        &self.env.iter().find(|(k, _)| k == name).expect(name).1
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let state = self.dir.path().join("garage");
+        Garage::cluster(&["down", state.to_str().unwrap()]);
+    }
+}
+
+/// The server behind a `BucketBackend`.
+enum Store {
+    S3sFs(S3Server),
+    Garage(Garage),
+}
+
+/// `--root s3://BUCKET/served` on s3s-fs or garage; the secret is
+/// `secret.txt` at the top of the bucket.
 struct BucketBackend {
-    s3: S3Server,
+    store: Store,
     client: AmazonS3,
+    bucket: String,
+    /// What hashpress needs to reach the store.
+    env: Vec<(String, String)>,
 }
 
 impl BucketBackend {
     fn new() -> BucketBackend {
         let s3 = S3Server::start();
-        let client = s3.client();
-        BucketBackend { s3, client }
+        BucketBackend {
+            client: s3.client(),
+            bucket: BUCKET.to_string(),
+            env: s3.env(),
+            store: Store::S3sFs(s3),
+        }
+    }
+
+    fn on_garage() -> BucketBackend {
+        let g = Garage::start();
+        let bucket = g.var("S3_BUCKET").to_string();
+        let client = AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_region(g.var("AWS_REGION"))
+            .with_endpoint(g.var("AWS_ENDPOINT_URL"))
+            .with_allow_http(true)
+            .with_access_key_id(g.var("AWS_ACCESS_KEY_ID"))
+            .with_secret_access_key(g.var("AWS_SECRET_ACCESS_KEY"))
+            .build()
+            .unwrap();
+        let env = g
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .cloned()
+            .collect();
+        BucketBackend {
+            client,
+            bucket,
+            env,
+            store: Store::Garage(g),
+        }
+    }
+
+    fn s3s(&mut self) -> &mut S3Server {
+        match &mut self.store {
+            Store::S3sFs(s) => s,
+            Store::Garage(_) => panic!("an s3s-fs test"),
+        }
     }
 
     fn root(&self) -> String {
-        format!("s3://{BUCKET}/{PREFIX}")
+        format!("s3://{}/{PREFIX}", self.bucket)
     }
 
     fn serve_with(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Server {
-        let mut env = self.s3.env();
+        let mut env = self.env.clone();
         env.extend(
             extra_env
                 .iter()
@@ -345,7 +451,10 @@ impl BucketBackend {
 
 impl Backend for BucketBackend {
     fn name(&self) -> &'static str {
-        "s3"
+        match self.store {
+            Store::S3sFs(_) => "s3s-fs",
+            Store::Garage(_) => "garage",
+        }
     }
 
     fn serve(&self, args: &[&str]) -> Server {
@@ -382,13 +491,58 @@ impl Backend for BucketBackend {
     }
 
     fn leftovers(&self) -> Vec<String> {
-        self.s3.pending_uploads()
+        match &self.store {
+            Store::S3sFs(s) => s.pending_uploads(),
+            Store::Garage(g) => list_multipart_uploads(g, &self.bucket),
+        }
     }
 
     fn put_outside(&self) {
         let path = Key::parse("secret.txt").unwrap();
         block_on(self.client.put(&path, PutPayload::from(SECRET))).unwrap();
     }
+}
+
+/// The bucket's unfinished multipart uploads (their keys), by the S3 API's
+/// ListMultipartUploads, signed with object_store's SigV4 signer.
+fn list_multipart_uploads(g: &Garage, bucket: &str) -> Vec<String> {
+    use object_store::aws::{AwsAuthorizer, AwsCredential};
+    let endpoint = g.var("AWS_ENDPOINT_URL");
+    let credential = AwsCredential {
+        key_id: g.var("AWS_ACCESS_KEY_ID").to_string(),
+        secret_key: g.var("AWS_SECRET_ACCESS_KEY").to_string(),
+        token: None,
+    };
+    let mut req = axum::http::Request::builder()
+        .method("GET")
+        .uri(format!("{endpoint}/{bucket}?uploads"))
+        .body(object_store::client::HttpRequestBody::empty())
+        .unwrap();
+    AwsAuthorizer::new(&credential, "s3", g.var("AWS_REGION"))
+        .try_authorize(&mut req, None)
+        .unwrap();
+    let host = endpoint.trim_start_matches("http://");
+    let mut head =
+        format!("GET /{bucket}?uploads HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in req.headers() {
+        head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+    }
+    head.push_str("\r\n");
+    let mut s = connect(host.parse().unwrap());
+    s.write_all(head.as_bytes()).unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(r.status, 200, "ListMultipartUploads: {}", r.text());
+    let xml = r.text();
+    xml.split("<Upload>")
+        .skip(1)
+        .map(|u| {
+            u.split("<Key>")
+                .nth(1)
+                .and_then(|k| k.split("</Key>").next())
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------ oracles
@@ -639,6 +793,17 @@ fn s3_backend_passes_the_handler_tests() {
     all_handler_tests(&BucketBackend::new());
 }
 
+/// The same on garage, a distributed store that honours `If-Match` and
+/// lists multipart uploads. CI builds no garage (see `.ci/run`).
+#[test]
+#[ignore = "needs garage (cargo install garage --version 2.5.0 --locked)"]
+fn garage_backend_passes_the_handler_tests() {
+    let _g = one_at_a_time();
+    let b = BucketBackend::on_garage();
+    all_handler_tests(&b);
+    overwritten_mid_read_is_409(&b);
+}
+
 // ------------------------------------------------------------ S3 only
 
 /// An object overwritten while it is read: 409, never a digest or an output
@@ -648,7 +813,10 @@ fn s3_backend_passes_the_handler_tests() {
 #[ignore = "needs s3s-fs"]
 fn s3_object_overwritten_mid_read_is_409() {
     let _g = one_at_a_time();
-    let b = BucketBackend::new();
+    overwritten_mid_read_is_409(&BucketBackend::new());
+}
+
+fn overwritten_mid_read_is_409(b: &BucketBackend) {
     let srv = b.serve(&["--allow-write"]);
     let gets = r#"hashpress_storage_requests_total{op="get",outcome="ok"}"#;
     // Waits until the request has read a few ranges past the first: it is
@@ -733,23 +901,23 @@ fn s3_outages_answer_in_bounded_time_and_service_comes_back() {
     let slack = Duration::from_secs(3);
 
     // Hung (accepts, never answers): 504 once the deadline passes.
-    b.s3.signal(libc::SIGSTOP);
+    b.s3s().signal(libc::SIGSTOP);
     let (r, took) = timed("/hash-file/o.bin");
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (504, "storage_timeout")
     );
     assert!(took >= deadline / 2 && took < deadline + slack, "{took:?}");
-    b.s3.signal(libc::SIGCONT);
+    b.s3s().signal(libc::SIGCONT);
     assert_digests(&srv.get("/hash-file/o.bin"), &want, data.len());
 
     // Killed while a request waits on it: 502 (or 504) within the bound.
-    b.s3.signal(libc::SIGSTOP);
+    b.s3s().signal(libc::SIGSTOP);
     let addr = srv.addr;
     let t = Instant::now();
     let req = std::thread::spawn(move || request(addr, "GET", "/hash-file/o.bin", &[], b""));
     std::thread::sleep(Duration::from_millis(300));
-    b.s3.kill();
+    b.s3s().kill();
     let r = req.join().unwrap();
     let took = t.elapsed();
     assert!(matches!(r.status, 502 | 504), "{}: {}", r.status, r.text());
@@ -766,11 +934,11 @@ fn s3_outages_answer_in_bounded_time_and_service_comes_back() {
     assert!(!r.text().contains(SECRET_KEY));
 
     // Back: service without a restart.
-    b.s3.restart(ACCESS_KEY, SECRET_KEY);
+    b.s3s().restart(ACCESS_KEY, SECRET_KEY);
     assert_digests(&srv.get("/hash-file/o.bin"), &want, data.len());
 
     // The store no longer accepts our key: 403 access_denied.
-    b.s3.restart(ACCESS_KEY, "another-secret");
+    b.s3s().restart(ACCESS_KEY, "another-secret");
     let r = srv.get("/hash-file/o.bin");
     assert_eq!(
         (r.status, r.error_code().as_str()),
@@ -779,7 +947,7 @@ fn s3_outages_answer_in_bounded_time_and_service_comes_back() {
         r.text()
     );
     assert!(r.text().contains("SignatureDoesNotMatch"), "{}", r.text());
-    b.s3.restart(ACCESS_KEY, SECRET_KEY);
+    b.s3s().restart(ACCESS_KEY, SECRET_KEY);
     assert_digests(&srv.get("/hash-file/o.bin"), &want, data.len());
 
     // All of it counted, nothing secret exposed.
