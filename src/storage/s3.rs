@@ -242,6 +242,10 @@ impl Config {
         let answer = rt.block_on(async {
             tokio::time::timeout(self.deadline, store.list_paginated(prefix.as_deref(), opts)).await
         });
+        drop(store);
+        // Not a plain drop: that would wait for a name lookup still running on
+        // a blocking thread (a dead DNS server), however long it takes.
+        rt.shutdown_timeout(Duration::from_millis(100));
         let (loc, endpoint) = (&self.location, &self.endpoint);
         let bucket = &loc.bucket;
         match answer {
