@@ -33,6 +33,8 @@ fn runtime() -> io::Result<(tokio::runtime::Runtime, CpuPool)> {
             threads: cores,
             queue: 4096,
             max_wait: Duration::from_secs(365 * 24 * 3600),
+            // Nothing small to keep waiting on the command line.
+            express: false,
         },
         Box::leak(Slot::new_boxed()),
     );

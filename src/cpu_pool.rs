@@ -37,6 +37,13 @@
 //!   gzip that has had seconds of CPU, while the penalty's cap means a big
 //!   request is delayed by at most that much against first-come order, and
 //!   can never starve (the least-attained-service idea, bounded).
+//! - **An express thread for small requests.** Ordering alone cannot help
+//!   a 64 KiB hash when every thread is in the middle of a gzip chunk: it
+//!   waits for one to finish. With `express`, one thread beside the others
+//!   takes only the jobs of *small* requests (under 1 ms of CPU used, and
+//!   no more than 2 ms declared), so one is always free for them: the
+//!   kernel shares the cores between it and the others, and a small job
+//!   starts at once instead of after a chunk of someone else's.
 
 use std::cmp::Ordering as Cmp;
 use std::collections::BinaryHeap;
@@ -51,6 +58,10 @@ use crate::metrics::{Op, ShedReason, Slot};
 
 /// Most a lane's used CPU time delays its jobs against first-come order.
 const MAX_PENALTY: Duration = Duration::from_millis(100);
+/// A lane that has used less than this, and declared (`Lane::plan`) no
+/// more than `EXPRESS_PLAN`, is small: its jobs may run on the express thread.
+const EXPRESS_USED: Duration = Duration::from_millis(1);
+const EXPRESS_PLAN: Duration = Duration::from_millis(2);
 /// The run-time estimate of a job before any has been measured.
 const FIRST_ESTIMATE: Duration = Duration::from_millis(1);
 /// CPU cost per byte (picoseconds) before any request has finished, per
@@ -82,6 +93,8 @@ pub struct PoolLimits {
     pub queue: usize,
     /// Longest a request's first job may expect to wait before it is shed.
     pub max_wait: Duration,
+    /// One more thread, for small requests' jobs only.
+    pub express: bool,
 }
 
 /// Handle to the pool; cheap to clone. The threads stop when the last handle
@@ -97,6 +110,9 @@ struct Shared {
     sched: Mutex<Sched>,
     /// Signalled when a job is queued or the pool closes.
     work: Condvar,
+    /// Signalled when a small request's job is queued (or the pool closes),
+    /// for the express thread.
+    express_work: Condvar,
     /// One permit per queue place: the `--pool-queue` memory bound. A queued
     /// job holds its permit until a thread takes it.
     room: Arc<Semaphore>,
@@ -125,13 +141,17 @@ impl Drop for Owner {
     fn drop(&mut self) {
         self.0.lock().closed = true;
         self.0.work.notify_all();
+        self.0.express_work.notify_all();
     }
 }
 
 #[derive(Default)]
 struct Sched {
-    /// Jobs by key, smallest first.
+    /// Jobs of big requests by key, smallest first.
     heap: BinaryHeap<Entry>,
+    /// Jobs of small requests by key (all of them without an express
+    /// thread): any thread takes them, the express thread only them.
+    small: BinaryHeap<Entry>,
     /// Ties broken by arrival.
     seq: u64,
     /// Sum of the queued jobs' estimates (ns).
@@ -139,6 +159,8 @@ struct Sched {
     /// Threads waiting for a job: a queued job wakes one only if there is
     /// one (a wake-up is a system call).
     idle: usize,
+    /// The express thread is waiting.
+    express_idle: bool,
     closed: bool,
 }
 
@@ -219,6 +241,15 @@ pub struct Lane {
 }
 
 impl LaneStats {
+    /// Small enough for the express thread.
+    fn is_small(&self) -> bool {
+        self.used.load(Ordering::Relaxed) < EXPRESS_USED.as_nanos() as u64
+            && self
+                .plan
+                .get()
+                .is_none_or(|p| p.nanos <= EXPRESS_PLAN.as_nanos() as u64)
+    }
+
     /// CPU time (ns) its plan still expects, 0 without a plan.
     fn remaining(&self) -> u64 {
         self.plan.get().map_or(0, |p| {
@@ -256,6 +287,7 @@ impl Shared {
         let ahead: u64 = s
             .heap
             .iter()
+            .chain(s.small.iter())
             .filter(|e| e.key <= now)
             .map(|e| e.estimate)
             .sum();
@@ -286,7 +318,7 @@ impl Shared {
         };
         s.seq += 1;
         s.backlog += estimate;
-        s.heap.push(Entry {
+        let entry = Entry {
             key,
             seq: s.seq,
             job,
@@ -294,8 +326,16 @@ impl Shared {
             enqueued: now,
             deadline,
             _permit: permit,
-        });
+        };
         self.stats.pool_enqueued();
+        if self.limits.express && lane.is_small() {
+            s.small.push(entry);
+            if s.express_idle {
+                self.express_work.notify_one();
+            }
+        } else {
+            s.heap.push(entry);
+        }
         if s.idle > 0 {
             self.work.notify_one();
         }
@@ -309,10 +349,12 @@ impl CpuPool {
             threads: limits.threads.max(1),
             queue: limits.queue.max(1),
             max_wait: limits.max_wait,
+            express: limits.express,
         };
         let shared = Arc::new(Shared {
             sched: Mutex::new(Sched::default()),
             work: Condvar::new(),
+            express_work: Condvar::new(),
             room: Arc::new(Semaphore::new(limits.queue)),
             stats,
             limits,
@@ -327,8 +369,15 @@ impl CpuPool {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
                 .name(format!("hashpress-cpu-{i}"))
-                .spawn(move || worker_loop(&shared))
+                .spawn(move || worker_loop(&shared, false))
                 .expect("spawning a pool thread");
+        }
+        if limits.express {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("hashpress-cpu-express".into())
+                .spawn(move || worker_loop(&shared, true))
+                .expect("spawning the express pool thread");
         }
         CpuPool {
             _owner: Arc::new(Owner(Arc::clone(&shared))),
@@ -572,22 +621,46 @@ fn lower_priority() {
     }
 }
 
-fn worker_loop(sh: &Shared) {
+/// The next job for a thread: the smallest key of both queues, or of the
+/// small requests' queue only for the express thread.
+fn next_job(s: &mut Sched, express: bool) -> Option<Entry> {
+    let from_small = match (s.small.peek(), s.heap.peek()) {
+        (Some(_), _) if express => true,
+        (None, _) if express => return None,
+        (Some(a), Some(b)) => a.key <= b.key,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    let e = if from_small {
+        s.small.pop()
+    } else {
+        s.heap.pop()
+    }?;
+    s.backlog -= e.estimate;
+    Some(e)
+}
+
+fn worker_loop(sh: &Shared, express: bool) {
     lower_priority();
     loop {
         let entry = {
             let mut s = sh.lock();
             loop {
-                if let Some(e) = s.heap.pop() {
-                    s.backlog -= e.estimate;
+                if let Some(e) = next_job(&mut s, express) {
                     break e;
                 }
                 if s.closed {
                     return;
                 }
-                s.idle += 1;
-                s = sh.work.wait(s).unwrap_or_else(|p| p.into_inner());
-                s.idle -= 1;
+                if express {
+                    s.express_idle = true;
+                    s = sh.express_work.wait(s).unwrap_or_else(|p| p.into_inner());
+                    s.express_idle = false;
+                } else {
+                    s.idle += 1;
+                    s = sh.work.wait(s).unwrap_or_else(|p| p.into_inner());
+                    s.idle -= 1;
+                }
             }
         };
         let Entry {
@@ -635,6 +708,7 @@ mod tests {
                 threads,
                 queue,
                 max_wait,
+                express: false,
             },
             Box::leak(Slot::new_boxed()),
         )
@@ -955,6 +1029,42 @@ mod tests {
         let mine = nice();
         let theirs = pool.try_run(nice).await.unwrap();
         assert_eq!(theirs, (mine + POOL_NICE).min(19));
+    }
+
+    /// With every regular thread inside a big request's job, a small
+    /// request's job runs at once on the express thread; a big one waits.
+    #[tokio::test]
+    async fn the_express_thread_serves_small_requests_beside_big_ones() {
+        let pool = CpuPool::new(
+            PoolLimits {
+                threads: 1,
+                queue: 16,
+                max_wait: Duration::from_secs(10),
+                express: true,
+            },
+            Box::leak(Slot::new_boxed()),
+        );
+        let heavy = pool.lane();
+        heavy.plan(Op::Compress, 100_000_000).unwrap();
+        let gate = Arc::new(Barrier::new(2));
+        let g = Arc::clone(&gate);
+        let big = heavy.submit(move || g.wait()).await.unwrap();
+        until(|| pool.stats().pool_busy() == 1).await;
+        // The regular thread is held; a small request still gets an answer.
+        assert_eq!(pool.try_run(|| 7).await, Ok(7));
+        // Another big request's job is not for the express thread.
+        let other = pool.lane();
+        other.plan(Op::Compress, 1_000_000).unwrap();
+        let waiting = other.submit(|| 8).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            pool.stats().pool_queued(),
+            1,
+            "the big job waits for the regular thread"
+        );
+        gate.wait();
+        big.wait().await.unwrap();
+        assert_eq!(waiting.wait().await, Ok(8));
     }
 
     #[tokio::test]

@@ -151,6 +151,7 @@ pub async fn serve_until(
             threads: args.effective_pool_threads(),
             queue: args.effective_pool_queue(),
             max_wait: args.max_queue_wait,
+            express: true,
         },
         metrics,
     );
