@@ -14,15 +14,17 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::storage::RootArg;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "hashpress",
     version = crate::build_info::LONG,
     about = "Streaming hash and gzip HTTP server",
     long_about = "hashpress hashes (SHA-2, SHA-3, SHA-1, MD5, BLAKE3, CRC32, CRC32C, CRC64NVME, XXH3) \
-and gzips request bodies, files and whole trees under one served directory, as streams, on a \
-bounded CPU pool. `hashpress hash` and `hashpress check` do the same for files and trees on the \
-command line, without a server.\n\n\
+and gzips request bodies, files and whole trees under one served directory (or the objects under \
+an S3 bucket prefix), as streams, on a bounded CPU pool. `hashpress hash` and `hashpress check` \
+do the same for files and trees on the command line, without a server.\n\n\
 Start it with `hashpress serve --root DIR`, then e.g.\n  \
 curl --data-binary @file 'http://127.0.0.1:3000/hash?alg=sha256,blake3'\n  \
 curl http://127.0.0.1:3000/hash-file/some/file.bin\n  \
@@ -143,9 +145,45 @@ pub struct ServeArgs {
     )]
     pub listen: SocketAddr,
 
-    /// Directory served: only files under it can be read (or written with --allow-write).
-    #[arg(long, env = "HASHPRESS_ROOT", default_value = ".", value_name = "DIR")]
-    pub root: PathBuf,
+    /// What is served: a directory, or the objects under a prefix of an S3 bucket
+    /// (`s3://BUCKET[/PREFIX]`). Only files or objects under it can be read (or written
+    /// with --allow-write). For a bucket, credentials and the endpoint come from the AWS
+    /// environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION
+    /// (or AWS_DEFAULT_REGION), AWS_ENDPOINT_URL (an S3-compatible store such as garage,
+    /// MinIO or R2; path-style addressing then) and AWS_ALLOW_HTTP=true for a plain-http
+    /// endpoint. The server checks at start that the bucket answers, and exits with code
+    /// 2 and a sentence saying what is wrong if it does not.
+    #[arg(long, env = "HASHPRESS_ROOT", default_value = ".", value_name = "DIR|s3://BUCKET[/PREFIX]",
+          value_parser = RootArg::parse)]
+    pub root: RootArg,
+
+    /// S3-compatible endpoint URL (e.g. http://127.0.0.1:3900 for garage); overrides
+    /// AWS_ENDPOINT_URL. Buckets are then addressed in the path, not the host name.
+    #[arg(long, env = "HASHPRESS_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region; overrides AWS_REGION and AWS_DEFAULT_REGION (default us-east-1;
+    /// garage's default is `garage`).
+    #[arg(long, env = "HASHPRESS_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Retries of a failed request to the object store (connection errors, 5xx answers,
+    /// timeouts), with exponential backoff from 100 ms, within --s3-deadline.
+    #[arg(
+        long,
+        env = "HASHPRESS_S3_RETRIES",
+        default_value = "3",
+        value_name = "N"
+    )]
+    pub s3_retries: usize,
+
+    /// Longest time one request to the object store may take, retries included; each
+    /// attempt gets an equal share. Past it the client gets 504 storage_timeout; a store
+    /// that is unreachable or failing answers 502 storage_unavailable, within the same
+    /// bound.
+    #[arg(long, env = "HASHPRESS_S3_DEADLINE", default_value = "30s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub s3_deadline: Duration,
 
     /// Allow `POST /compress/{path}` to write `{path}.gz` under the root. Off by default.
     #[arg(long, env = "HASHPRESS_ALLOW_WRITE", value_name = "BOOL", num_args = 0..=1,

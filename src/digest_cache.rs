@@ -1,23 +1,25 @@
-//! An opt-in cache of file digests (`--digest-cache SIZE`).
+//! An opt-in cache of file and object digests (`--digest-cache SIZE`).
 //!
-//! Keyed by what identifies a file's content without reading it: device,
-//! inode, size, mtime and ctime (nanoseconds), plus the algorithm list.
-//! Any write, truncation, rename-over or touch changes one of them. Two
-//! races remain and both are closed here:
-//! - the file changes while it is hashed: the key is taken at open and
-//!   again after the last read, and only an unchanged file is cached;
-//! - the file changes within one timestamp tick of the last change (file
+//! Keyed by what identifies a source's content without reading it (see
+//! `storage::Identity`): for a file its device, inode, size, mtime and ctime
+//! (nanoseconds), which any write, truncation, rename-over or touch changes;
+//! for an object its bucket, key, ETag, size and last-modified time; plus
+//! the algorithm list. Two races remain and both are closed:
+//! - the source changes while it is hashed: the handler answers 409 unless
+//!   the identity after the last read is the one at open
+//!   (`Source::check_unchanged`), so only digests of one version get here;
+//! - a file changes within one timestamp tick of the last change (file
 //!   systems stamp with a coarse clock, ~4 ms): like git's "racy" entries,
 //!   a file whose ctime is less than `RACY_WINDOW` before the hash started
-//!   is not cached, so a later write in the same tick cannot hide.
+//!   is not cached, so a later write in the same tick cannot hide. (An
+//!   object's ETag changes with every write, whatever the clock says.)
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::kernel::{Algorithm, AlgorithmList, Digests};
+use crate::storage::Identity;
 
 /// A change this close to the hash's start may share its timestamp with a
 /// later write: far more than any file system's tick.
@@ -28,31 +30,15 @@ const ENTRY_OVERHEAD: u64 = 160;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
+    id: Identity,
     algs: Vec<Algorithm>,
 }
 
 impl Key {
-    pub fn new(meta: &Metadata, algs: &AlgorithmList) -> Key {
+    pub fn new(id: Identity, algs: &AlgorithmList) -> Key {
         Key {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            id,
             algs: algs.as_slice().to_vec(),
-        }
-    }
-
-    /// The same file and algorithms, identified by fresher metadata.
-    pub fn refreshed(&self, meta: &Metadata) -> Key {
-        Key {
-            algs: self.algs.clone(),
-            ..Key::new(meta, &AlgorithmList::default_list())
         }
     }
 }
@@ -93,17 +79,16 @@ impl DigestCache {
         self.lock().map.get(key).cloned()
     }
 
-    /// Caches `digests` if the file did not change while it was hashed
-    /// (`before == after`) and its last change is not racy with `started`.
-    pub fn insert(&self, before: Key, after: &Key, digests: &Digests, started: SystemTime) {
-        if before != *after {
-            return;
-        }
+    /// Caches `digests` of the version `key` names (read unchanged), unless
+    /// its last change is racy with `started`, when the hash began.
+    pub fn insert(&self, key: Key, digests: &Digests, started: SystemTime) {
         let started_ns = started
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
-        if before.ctime_ns + RACY_WINDOW.as_nanos() as i128 > started_ns
-            || before.mtime_ns + RACY_WINDOW.as_nanos() as i128 > started_ns
+        if key
+            .id
+            .changed_ns()
+            .is_some_and(|changed| changed + RACY_WINDOW.as_nanos() as i128 > started_ns)
         {
             return;
         }
@@ -112,7 +97,7 @@ impl DigestCache {
             return;
         }
         let mut inner = self.lock();
-        if inner.map.contains_key(&before) {
+        if inner.map.contains_key(&key) {
             return;
         }
         while inner.bytes + c > self.capacity {
@@ -124,8 +109,8 @@ impl DigestCache {
             }
         }
         inner.bytes += c;
-        inner.order.push_back(before.clone());
-        inner.map.insert(before, digests.clone());
+        inner.order.push_back(key.clone());
+        inner.map.insert(key, digests.clone());
     }
 
     pub fn len(&self) -> usize {
@@ -152,34 +137,71 @@ mod tests {
         h.finish()
     }
 
+    fn file_key(path: &std::path::Path, algs: &AlgorithmList) -> Key {
+        Key::new(
+            crate::storage::local::identity(&std::fs::metadata(path).unwrap()),
+            algs,
+        )
+    }
+
     #[test]
     fn racy_and_changed_files_are_not_cached_and_budget_holds() {
         let dir = tempfile::tempdir().unwrap();
         let algs = AlgorithmList::default_list();
         let p = dir.path().join("f");
         std::fs::write(&p, b"one").unwrap();
-        let k = Key::new(&std::fs::metadata(&p).unwrap(), &algs);
+        let k = file_key(&p, &algs);
         let cache = DigestCache::new(10_000);
         let d = digest_of(b"one", &algs);
         // Just written: racy, not cached.
-        cache.insert(k.clone(), &k, &d, SystemTime::now());
+        cache.insert(k.clone(), &d, SystemTime::now());
         assert!(cache.get(&k).is_none());
         // Hashed long enough after the change: cached.
         let later = SystemTime::now() + Duration::from_secs(5);
-        cache.insert(k.clone(), &k, &d, later);
+        cache.insert(k.clone(), &d, later);
         assert_eq!(cache.get(&k), Some(d.clone()));
-        // Changed during hashing: not cached.
+        // Changed since: another key, not answered from the cache.
         std::fs::write(&p, b"two!").unwrap();
-        let k2 = Key::new(&std::fs::metadata(&p).unwrap(), &algs);
+        let k2 = file_key(&p, &algs);
         assert_ne!(k, k2);
-        cache.insert(k.clone(), &k2, &d, later);
         assert!(cache.get(&k2).is_none());
+        // An object's identity has no clock to be racy with.
+        let object = Key::new(
+            Identity::Object {
+                bucket: "b".into(),
+                key: "k".into(),
+                etag: "\"e\"".into(),
+                size: 3,
+                last_modified_ns: 0,
+            },
+            &algs,
+        );
+        cache.insert(object.clone(), &d, SystemTime::now());
+        assert_eq!(cache.get(&object), Some(d.clone()));
         // The budget evicts the oldest entries.
         let small = DigestCache::new(2 * cost(&d));
         for i in 0..5u64 {
-            let mut key = k.clone();
-            key.ino = i;
-            small.insert(key.clone(), &key, &d, later);
+            let Identity::File {
+                dev,
+                size,
+                mtime_ns,
+                ctime_ns,
+                ..
+            } = k.id
+            else {
+                unreachable!()
+            };
+            let key = Key::new(
+                Identity::File {
+                    dev,
+                    ino: i,
+                    size,
+                    mtime_ns,
+                    ctime_ns,
+                },
+                &algs,
+            );
+            small.insert(key, &d, later);
         }
         assert_eq!(small.len(), 2);
     }

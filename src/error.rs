@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use crate::cpu_pool::PoolError;
 use crate::metrics::ShedReason;
 use crate::root::{OpenError, PathError};
+use crate::storage::StorageError;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -29,6 +30,8 @@ pub enum ApiError {
     WritesDisabled,
     /// 403: the file system refused the write (read-only, permissions).
     WriteRefused(String),
+    /// 403: the object store refused our credentials or this key.
+    AccessDenied(String),
     /// 404: no such file under the root.
     FileNotFound(String),
     /// 404: no such route.
@@ -53,6 +56,13 @@ pub enum ApiError {
     Draining,
     /// 507: the disk is full.
     NoSpace,
+    /// 501: this endpoint needs a directory `--root` (a tree manifest of an
+    /// object store is not walked).
+    NeedsDirectory,
+    /// 502: the object store cannot be reached, or failed, after the retries.
+    StorageUnavailable(String),
+    /// 504: the object store did not answer within `--s3-deadline`.
+    StorageTimeout(String),
     /// 500: a real internal fault. The detail is logged, never sent.
     Internal(String),
 }
@@ -65,15 +75,19 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            OutsideRoot(_) | WritesDisabled | WriteRefused(_) => StatusCode::FORBIDDEN,
+            OutsideRoot(_) | WritesDisabled | WriteRefused(_) | AccessDenied(_) => {
+                StatusCode::FORBIDDEN
+            }
             FileNotFound(_) | NoRoute(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             SourceChanged(_) => StatusCode::CONFLICT,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
+            TransferCodingNotImplemented | NeedsDirectory => StatusCode::NOT_IMPLEMENTED,
             Overloaded { .. } | Draining => StatusCode::SERVICE_UNAVAILABLE,
             NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            StorageUnavailable(_) => StatusCode::BAD_GATEWAY,
+            StorageTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +105,7 @@ impl ApiError {
             OutsideRoot(_) => "outside_root",
             WritesDisabled => "writes_disabled",
             WriteRefused(_) => "write_refused",
+            AccessDenied(_) => "access_denied",
             FileNotFound(_) => "not_found",
             NoRoute(_) => "no_route",
             MethodNotAllowed(_) => "method_not_allowed",
@@ -98,9 +113,12 @@ impl ApiError {
             SourceChanged(_) => "source_changed",
             BodyTooLarge(_) => "body_too_large",
             TransferCodingNotImplemented => "transfer_coding_not_implemented",
+            NeedsDirectory => "needs_directory",
             Overloaded { .. } => "overloaded",
             Draining => "draining",
             NoSpace => "no_space",
+            StorageUnavailable(_) => "storage_unavailable",
+            StorageTimeout(_) => "storage_timeout",
             Internal(_) => "internal",
         }
     }
@@ -109,7 +127,9 @@ impl ApiError {
         use ApiError::*;
         match self {
             BadQuery(m) | BadPath(m) | BadBody(m) | OutsideRoot(m) | SourceChanged(m)
-            | WriteRefused(m) => m.clone(),
+            | WriteRefused(m) | AccessDenied(m) | StorageUnavailable(m) | StorageTimeout(m) => {
+                m.clone()
+            }
             BadHead(m) => (*m).into(),
             NotAFile(p) => format!("'{p}' is not a regular file"),
             Unauthorized(false) => {
@@ -124,6 +144,9 @@ impl ApiError {
             MethodNotAllowed(allow) => format!("method not allowed here; allowed: {allow}"),
             BodyTimeout(s) => format!("no body data arrived for {s} s; request abandoned"),
             BodyTooLarge(limit) => format!("the body exceeds the limit of {limit} bytes (--max-body)"),
+            NeedsDirectory => "tree manifests walk a directory; this server serves an object \
+                               store (--root s3://...)"
+                .into(),
             TransferCodingNotImplemented => {
                 "only the chunked transfer coding is implemented (RFC 9112 §6.1); send the body as is or chunked".into()
             }
@@ -160,6 +183,25 @@ impl ApiError {
             OpenError::Forbidden(why) => ApiError::OutsideRoot(format!("'{shown}': {why}")),
             OpenError::NotAFile => ApiError::NotAFile(shown.into()),
             OpenError::Io(e) => ApiError::from_io(e, shown),
+        }
+    }
+
+    /// A storage error about `shown`, met while reading it (`writing`
+    /// false) or writing it: local faults differ (a read has no disk to fill).
+    pub fn from_storage(e: StorageError, shown: &str, writing: bool) -> ApiError {
+        match e {
+            StorageError::NotFound => ApiError::FileNotFound(shown.into()),
+            StorageError::Forbidden(why) => ApiError::OutsideRoot(format!("'{shown}': {why}")),
+            StorageError::Denied(why) => ApiError::AccessDenied(format!("'{shown}': {why}")),
+            StorageError::NotAFile => ApiError::NotAFile(shown.into()),
+            StorageError::BadKey(why) => ApiError::BadPath(format!("'{shown}': {why}")),
+            StorageError::Changed(how) => ApiError::SourceChanged(format!("'{shown}' {how}")),
+            StorageError::Unavailable(why) => {
+                ApiError::StorageUnavailable(format!("'{shown}': {why}"))
+            }
+            StorageError::Timeout(why) => ApiError::StorageTimeout(format!("'{shown}': {why}")),
+            StorageError::Io(e) if writing => ApiError::from_io(e, shown),
+            StorageError::Io(e) => ApiError::Internal(format!("reading '{shown}': {e}")),
         }
     }
 

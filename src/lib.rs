@@ -3,7 +3,8 @@
 //! `kernel` holds the pure digest and gzip code; `http` the API; `server`
 //! the accept loop and its connections; `accept_gate` evens connections
 //! across workers; `cpu_pool` the bounded pool that runs heavy work;
-//! `root` confines every file access to the served directory;
+//! `root` confines every file access to the served directory; `storage`
+//! puts that directory, or an S3 bucket prefix, behind one interface;
 //! `supervisor` runs the cluster mode (one supervisor, N worker processes).
 
 pub mod accept_gate;
@@ -21,5 +22,6 @@ pub mod root;
 pub mod serve;
 pub mod server;
 pub mod shutdown;
+pub mod storage;
 pub mod supervisor;
 pub mod tree;

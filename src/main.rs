@@ -61,7 +61,7 @@ fn main() -> ExitCode {
 
 /// `--workers 0`: serve in this process.
 fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
-    let root = match hashpress::serve::open_root(&args) {
+    let root = match hashpress::serve::open_root(&args, true) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -79,7 +79,7 @@ fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
         };
         let addr = listener.local_addr().map_or(args.listen, |a| a);
         tracing::info!(
-            root = %root.path().display(),
+            root = %args.root,
             io_threads = args.effective_io_threads(),
             pool_threads = args.effective_pool_threads(),
             pool_queue = args.effective_pool_queue(),

@@ -1,4 +1,4 @@
-//! `hashpress serve` in one process: wire config, pool, root and server.
+//! `hashpress serve` in one process: wire config, pool, storage and server.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -12,17 +12,15 @@ use crate::digest_cache::DigestCache;
 use crate::http::auth::{Access, Tokens};
 use crate::http::{AppState, Inner, admin_app, app};
 use crate::metrics::Region;
-use crate::root::Root;
 use crate::server::{self, KeepAlive, ServerOptions};
 use crate::shutdown;
+use crate::storage::Backend;
 
-/// Opens `--root`, or says why not (exit code 2: a configuration error).
-pub fn open_root(args: &ServeArgs) -> Result<Root, std::process::ExitCode> {
-    Root::open(&args.root).map_err(|e| {
-        eprintln!(
-            "hashpress: cannot serve --root {}: {e}",
-            args.root.display()
-        );
+/// Opens `--root` (with `check`, a bucket must also answer), or says why
+/// not (exit code 2: a configuration error).
+pub fn open_root(args: &ServeArgs, check: bool) -> Result<Backend, std::process::ExitCode> {
+    Backend::open(args, check).map_err(|e| {
+        eprintln!("hashpress: {e}");
         std::process::ExitCode::from(2)
     })
 }
@@ -49,7 +47,7 @@ pub fn io_runtime(threads: usize) -> Result<tokio::runtime::Runtime, std::proces
 }
 
 /// Runs the server on `listener` until SIGTERM/SIGINT and the drain that follows.
-pub async fn serve(args: ServeArgs, listener: TcpListener, root: Root) {
+pub async fn serve(args: ServeArgs, listener: TcpListener, root: Backend) {
     let admin_listener = match args.admin_listen {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(l) => Some(l),
@@ -112,7 +110,7 @@ fn own_region() -> std::io::Result<(&'static Region, usize)> {
 pub async fn serve_until(
     args: ServeArgs,
     listener: TcpListener,
-    root: Root,
+    root: Backend,
     shutdown: shutdown::Shutdown,
     hooks: ServeHooks,
 ) {
@@ -141,6 +139,13 @@ pub async fn serve_until(
         }
     };
     let metrics = region.slot(slot);
+    let crate::storage::Served { storage, dir } = match root.into_storage(metrics) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the storage");
+            return;
+        }
+    };
     let pool = CpuPool::new(
         PoolLimits {
             threads: args.effective_pool_threads(),
@@ -151,7 +156,8 @@ pub async fn serve_until(
     );
     let state = AppState {
         inner: Arc::new(Inner {
-            root: Arc::new(root),
+            storage: Arc::clone(&storage),
+            root: dir,
             pool,
             metrics,
             region,
@@ -208,6 +214,8 @@ pub async fn serve_until(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    // Requests cut at the end of the drain may have left uploads to abort.
+    storage.close().await;
 }
 
 /// SIGHUP re-reads `--token-file` (and is harmless without one).

@@ -49,7 +49,7 @@ pub async fn manifest(
     let dir = dir_of(req.uri().path(), "")?;
     let m = Manifest::start(
         &st.pool,
-        st.root.clone(),
+        st.root.clone().ok_or(ApiError::NeedsDirectory)?,
         dir,
         &algs,
         st.digest_cache.clone(),
@@ -154,7 +154,7 @@ pub async fn check(
     };
     let m = Manifest::start(
         &st.pool,
-        st.root.clone(),
+        st.root.clone().ok_or(ApiError::NeedsDirectory)?,
         dir,
         &algs,
         st.digest_cache.clone(),

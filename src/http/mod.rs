@@ -5,6 +5,7 @@ pub mod auth;
 mod body;
 mod compress;
 mod dashboard;
+mod file_job;
 pub(crate) mod hash;
 mod health;
 mod index;
@@ -26,7 +27,7 @@ use axum::routing::{get, post};
 use crate::config::Limit;
 use crate::cpu_pool::CpuPool;
 use crate::metrics::{Region, Slot};
-use crate::root::Root;
+use crate::storage::Storage;
 
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone)]
@@ -35,8 +36,11 @@ pub struct AppState {
 }
 
 pub struct Inner {
-    /// The only directory tree we read or write.
-    pub root: Arc<Root>,
+    /// The only directory tree or bucket prefix we read or write.
+    pub storage: Arc<dyn Storage>,
+    /// The same directory, when `--root` is one: tree manifests walk it
+    /// directly. `None` for an object store.
+    pub root: Option<Arc<crate::root::Root>>,
     /// Where hashing of files and all compression runs.
     pub pool: CpuPool,
     /// This process's counters: its slot in the shared metrics region.
@@ -161,13 +165,15 @@ pub fn admin_app(state: AppState) -> App {
 /// A state over `root` with a one-thread pool, for unit tests of the router.
 #[cfg(test)]
 pub(crate) fn test_state(root: &std::path::Path) -> AppState {
+    let dir = Arc::new(crate::root::Root::open(root).expect("test root"));
     let region = Region::create().expect("metrics region");
     let slot = region.claim(0).expect("a free slot");
     region.set_pid(slot, std::process::id());
     let metrics = region.slot(slot);
     AppState {
         inner: Arc::new(Inner {
-            root: Arc::new(Root::open(root).expect("test root")),
+            storage: Arc::new(crate::storage::local::LocalStorage::new(Arc::clone(&dir))),
+            root: Some(dir),
             pool: CpuPool::new(
                 crate::cpu_pool::PoolLimits {
                     threads: 1,

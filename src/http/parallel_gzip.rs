@@ -1,13 +1,10 @@
-//! Parallel gzip for one large file or body: blocks of `pgzip::BLOCK` bytes
+//! Parallel gzip for one large source or body: blocks of `pgzip::BLOCK` bytes
 //! are compressed as separate pool jobs, at most `window` at a time, and
 //! their output is sent in order as each completes.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::future::Future;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -18,11 +15,13 @@ use futures_util::stream::FuturesOrdered;
 use super::AppState;
 use super::body::BodyReader;
 use super::compress::stream_error;
+use super::file_job::Source;
 use crate::cpu_pool::Lane;
 use crate::error::ApiError;
 use crate::kernel::Level;
 use crate::kernel::pgzip::{self, BLOCK, Block, DICT};
 use crate::metrics::{Direction, Op};
+use crate::storage::Piece;
 
 /// Inputs at or above this size are compressed in parallel unless the client
 /// asks otherwise: below it the stream fits in a few blocks and the
@@ -87,62 +86,69 @@ impl Pipeline {
     }
 }
 
-/// Streams `file` (of `size` bytes at open) as one gzip member. Each job
-/// reads its own block and the 32 KiB before it with `pread`, so blocks
-/// need nothing from each other but their position.
-pub fn file_body(
-    st: &AppState,
-    lane: Lane,
-    file: File,
-    size: u64,
-    level: Level,
-    shown: String,
-) -> Body {
+/// Streams a source as one gzip member. Blocks are taken in order from the
+/// source; each job reads its block and the 32 KiB before it (a local file
+/// with `pread`, in the job; an object's bytes were fetched already), so
+/// blocks need nothing from each other but their position.
+pub fn file_body(st: &AppState, src: Source, level: Level) -> Body {
     struct State {
-        file: Arc<File>,
-        shown: Arc<str>,
+        src: Source,
         size: u64,
-        blocks: u64,
-        next_block: u64,
+        /// Bytes handed to jobs so far.
+        handed: u64,
+        /// The block before the next one: the next block's dictionary.
+        prev: Option<Piece>,
+        input_done: bool,
         pipe: Pipeline,
         finished: bool,
     }
     let state = State {
-        file: Arc::new(file),
-        shown: Arc::from(shown),
-        size,
-        blocks: size.div_ceil(BLOCK as u64).max(1),
-        next_block: 0,
-        pipe: Pipeline::new(st, lane, level),
+        size: src.size(),
+        pipe: Pipeline::new(st, src.lane(), level),
+        src,
+        handed: 0,
+        prev: None,
+        input_done: false,
         finished: false,
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         if s.finished {
             return None;
         }
-        while !s.pipe.full() && s.next_block < s.blocks {
-            let i = s.next_block;
-            s.next_block += 1;
-            let (file, shown, level, size, last) = (
-                s.file.clone(),
-                s.shown.clone(),
-                s.pipe.level,
-                s.size,
-                i + 1 == s.blocks,
-            );
-            s.pipe.push(move || {
-                let start = i * BLOCK as u64;
-                let dict_start = start.saturating_sub(DICT as u64);
-                let end = (start + BLOCK as u64).min(size);
-                let mut buf = vec![0u8; (end - dict_start) as usize];
-                let n = read_at_full(&file, &mut buf, dict_start)
-                    .map_err(|e| ApiError::Internal(format!("reading '{shown}': {e}")))?;
-                if n < buf.len() {
-                    return Err(ApiError::SourceChanged(format!(
-                        "'{shown}' shrank while it was compressed"
-                    )));
+        while !s.pipe.full() && !s.input_done {
+            let block = match s.src.next(BLOCK).await {
+                Ok(b) => b,
+                Err(e) => {
+                    s.finished = true;
+                    return Some((Err(stream_error(e)), s));
                 }
-                let split = (start - dict_start) as usize;
+            };
+            let Some(block) = block else {
+                s.input_done = true;
+                // An empty source is still one (empty, final) block.
+                if s.handed == 0 {
+                    let level = s.pipe.level;
+                    s.pipe
+                        .push(move || Ok(pgzip::compress_block(&[], &[], level, true)));
+                }
+                break;
+            };
+            s.handed += block.len() as u64;
+            let last = s.handed == s.size;
+            let dict = s.prev.replace(block.clone()).map(|p| p.tail(DICT));
+            let (shown, level) = (s.src.shown_arc(), s.pipe.level);
+            s.pipe.push(move || {
+                let split = dict.as_ref().map_or(0, Piece::len);
+                let mut buf = vec![0u8; split + block.len()];
+                let read = |piece: &Piece, out: &mut [u8]| {
+                    piece
+                        .read_into(out)
+                        .map_err(|e| ApiError::from_storage(e, &shown, false))
+                };
+                if let Some(dict) = &dict {
+                    read(dict, &mut buf[..split])?;
+                }
+                read(&block, &mut buf[split..])?;
                 Ok(pgzip::compress_block(
                     &buf[split..],
                     &buf[..split],
@@ -159,6 +165,10 @@ pub fn file_body(
             }
             None => {
                 s.finished = true;
+                // One version of the source, or a cut stream.
+                if let Err(e) = s.src.check_unchanged() {
+                    return Some((Err(stream_error(e)), s));
+                }
                 let t = s.pipe.trailer();
                 Some((Ok(t), s))
             }
@@ -257,17 +267,4 @@ where
 {
     let header = Bytes::copy_from_slice(&pgzip::header(level));
     Body::from_stream(futures_util::stream::once(async move { Ok(header) }).chain(blocks))
-}
-
-fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }

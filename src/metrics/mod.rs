@@ -90,8 +90,9 @@ impl Route {
 /// Methods with their own label value; the rest are "other".
 pub const METHODS: [&str; 3] = ["GET", "POST", "other"];
 /// Status codes with their own label value; the rest are "other".
-pub const STATUSES: [u16; 18] = [
-    200, 400, 401, 403, 404, 405, 408, 409, 411, 413, 414, 415, 429, 431, 500, 501, 503, 507,
+pub const STATUSES: [u16; 20] = [
+    200, 400, 401, 403, 404, 405, 408, 409, 411, 413, 414, 415, 429, 431, 500, 501, 502, 503, 504,
+    507,
 ];
 /// Upper bounds of the latency histogram, in seconds (100 µs to 60 s).
 pub const BUCKETS: [f64; 18] = [
@@ -99,7 +100,84 @@ pub const BUCKETS: [f64; 18] = [
     5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Requests to the object store, the `op` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageOp {
+    Get = 0,
+    Head = 1,
+    List = 2,
+    Put = 3,
+    CreateUpload = 4,
+    UploadPart = 5,
+    CompleteUpload = 6,
+    AbortUpload = 7,
+}
+
+impl StorageOp {
+    pub const ALL: [StorageOp; 8] = [
+        StorageOp::Get,
+        StorageOp::Head,
+        StorageOp::List,
+        StorageOp::Put,
+        StorageOp::CreateUpload,
+        StorageOp::UploadPart,
+        StorageOp::CompleteUpload,
+        StorageOp::AbortUpload,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageOp::Get => "get",
+            StorageOp::Head => "head",
+            StorageOp::List => "list",
+            StorageOp::Put => "put",
+            StorageOp::CreateUpload => "create_upload",
+            StorageOp::UploadPart => "upload_part",
+            StorageOp::CompleteUpload => "complete_upload",
+            StorageOp::AbortUpload => "abort_upload",
+        }
+    }
+}
+
+/// How a request to the object store ended, the `outcome` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageOutcome {
+    Ok = 0,
+    NotFound = 1,
+    Denied = 2,
+    /// The object changed under a read (`If-Match` failed).
+    Changed = 3,
+    /// Unreachable, or errors after the retries.
+    Unavailable = 4,
+    /// No answer within `--s3-deadline`.
+    Timeout = 5,
+}
+
+impl StorageOutcome {
+    pub const ALL: [StorageOutcome; 6] = [
+        StorageOutcome::Ok,
+        StorageOutcome::NotFound,
+        StorageOutcome::Denied,
+        StorageOutcome::Changed,
+        StorageOutcome::Unavailable,
+        StorageOutcome::Timeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageOutcome::Ok => "ok",
+            StorageOutcome::NotFound => "not_found",
+            StorageOutcome::Denied => "denied",
+            StorageOutcome::Changed => "changed",
+            StorageOutcome::Unavailable => "unavailable",
+            StorageOutcome::Timeout => "timeout",
+        }
+    }
+}
+
 const N_ROUTE: usize = Route::ALL.len();
+pub(crate) const N_SOP: usize = StorageOp::ALL.len();
+pub(crate) const N_SOUTCOME: usize = StorageOutcome::ALL.len();
 const N_METHOD: usize = METHODS.len();
 pub(crate) const N_STATUS: usize = STATUSES.len() + 1;
 /// Histogram buckets including +Inf.
@@ -116,7 +194,11 @@ pub(crate) mod ix {
     const QUEUE_WAIT: usize = POOL_REJECTED + SHED_REASONS.len();
     pub const QUEUE_WAIT_SUM: usize = QUEUE_WAIT + N_BUCKET;
     pub const CACHE: usize = QUEUE_WAIT_SUM + 1;
-    pub const COUNT: usize = CACHE + 2;
+    const STORAGE_REQ: usize = CACHE + 2;
+    const STORAGE_DUR: usize = STORAGE_REQ + N_SOP * N_SOUTCOME;
+    const STORAGE_DUR_SUM: usize = STORAGE_DUR + N_SOP * N_BUCKET;
+    const STORAGE_BYTES: usize = STORAGE_DUR_SUM + N_SOP;
+    pub const COUNT: usize = STORAGE_BYTES + 2;
 
     /// Every request counter, whatever its labels.
     pub const REQUESTS: std::ops::Range<usize> = REQ..DUR;
@@ -144,6 +226,20 @@ pub(crate) mod ix {
     /// `hit` = true for hits.
     pub fn cache(hit: bool) -> usize {
         CACHE + hit as usize
+    }
+    pub fn storage_requests(op: StorageOp, outcome: StorageOutcome) -> usize {
+        STORAGE_REQ + op as usize * N_SOUTCOME + outcome as usize
+    }
+    /// Per-bucket (not cumulative) count.
+    pub fn storage_bucket(op: StorageOp, bucket: usize) -> usize {
+        STORAGE_DUR + op as usize * N_BUCKET + bucket
+    }
+    pub fn storage_duration_sum_nanos(op: StorageOp) -> usize {
+        STORAGE_DUR_SUM + op as usize
+    }
+    /// `read` = true for bytes read from the store, false for bytes written.
+    pub fn storage_bytes(read: bool) -> usize {
+        STORAGE_BYTES + !read as usize
     }
 }
 
@@ -228,6 +324,18 @@ impl Slot {
         self.add(ix::requests(r, m, s), 1);
         self.add(ix::bucket(r, bucket_of(took)), 1);
         self.add(ix::duration_sum_nanos(r), took.as_nanos() as u64);
+    }
+
+    /// One request to the object store (retries included) and how it ended.
+    pub fn record_storage(&self, op: StorageOp, outcome: StorageOutcome, took: Duration) {
+        self.add(ix::storage_requests(op, outcome), 1);
+        self.add(ix::storage_bucket(op, bucket_of(took)), 1);
+        self.add(ix::storage_duration_sum_nanos(op), took.as_nanos() as u64);
+    }
+
+    /// Object bytes read from (`read`) or written to the store.
+    pub fn add_storage_bytes(&self, read: bool, n: u64) {
+        self.add(ix::storage_bytes(read), n);
     }
 
     pub fn add_bytes(&self, op: Op, dir: Direction, n: u64) {

@@ -9,7 +9,7 @@ use super::process::{self, ProcessStats};
 use super::region::{LiveProcess, RESTART_REASONS, Reading, Region};
 use super::{
     BUCKETS, Direction, METHODS, N_BUCKET, N_STATUS, Op, Route, SHED_REASONS, STATUSES, ShedReason,
-    ix,
+    StorageOp, StorageOutcome, ix,
 };
 use crate::build_info::Build;
 use crate::supervisor::state::Phase;
@@ -195,6 +195,7 @@ impl Snapshot {
                 );
             }
         }
+        self.storage_prometheus(o);
         header(
             o,
             "hashpress_pool_rejected_total",
@@ -508,7 +509,127 @@ impl Snapshot {
                 "queue_wait_buckets": queue_wait_buckets,
             },
             "digest_cache": { "hit": self.c(ix::cache(true)), "miss": self.c(ix::cache(false)) },
+            "storage": self.storage_json(),
             "processes": processes,
+        })
+    }
+}
+
+impl Snapshot {
+    /// The object store's requests, bytes and latency (all zero when
+    /// serving a directory).
+    fn storage_prometheus(&self, o: &mut String) {
+        header(
+            o,
+            "hashpress_storage_requests_total",
+            "counter",
+            "Requests to the object store (retries included), by operation and outcome.",
+        );
+        for op in StorageOp::ALL {
+            for outcome in StorageOutcome::ALL {
+                let n = self.c(ix::storage_requests(op, outcome));
+                if n > 0 {
+                    let _ = writeln!(
+                        o,
+                        "hashpress_storage_requests_total{{op=\"{}\",outcome=\"{}\"}} {n}",
+                        op.name(),
+                        outcome.name()
+                    );
+                }
+            }
+        }
+        header(
+            o,
+            "hashpress_storage_bytes_total",
+            "counter",
+            "Object bytes read from and written to the object store.",
+        );
+        for (read, name) in [(true, "read"), (false, "written")] {
+            let _ = writeln!(
+                o,
+                "hashpress_storage_bytes_total{{direction=\"{name}\"}} {}",
+                self.c(ix::storage_bytes(read))
+            );
+        }
+        header(
+            o,
+            "hashpress_storage_request_duration_seconds",
+            "histogram",
+            "Time of one request to the object store, retries included.",
+        );
+        for op in StorageOp::ALL {
+            let total: u64 = (0..N_BUCKET)
+                .map(|b| self.c(ix::storage_bucket(op, b)))
+                .sum();
+            if total == 0 {
+                continue;
+            }
+            let name = op.name();
+            let mut cumulative = 0;
+            for (b, le) in BUCKETS.iter().enumerate() {
+                cumulative += self.c(ix::storage_bucket(op, b));
+                let _ = writeln!(
+                    o,
+                    "hashpress_storage_request_duration_seconds_bucket{{op=\"{name}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                o,
+                "hashpress_storage_request_duration_seconds_bucket{{op=\"{name}\",le=\"+Inf\"}} {total}"
+            );
+            let sum = self.c(ix::storage_duration_sum_nanos(op)) as f64 / 1e9;
+            let _ = writeln!(
+                o,
+                "hashpress_storage_request_duration_seconds_sum{{op=\"{name}\"}} {sum}"
+            );
+            let _ = writeln!(
+                o,
+                "hashpress_storage_request_duration_seconds_count{{op=\"{name}\"}} {total}"
+            );
+        }
+    }
+
+    fn storage_json(&self) -> Value {
+        let mut requests = Vec::new();
+        let mut latency = Vec::new();
+        for op in StorageOp::ALL {
+            for outcome in StorageOutcome::ALL {
+                let n = self.c(ix::storage_requests(op, outcome));
+                if n > 0 {
+                    requests
+                        .push(json!({ "op": op.name(), "outcome": outcome.name(), "count": n }));
+                }
+            }
+            let total: u64 = (0..N_BUCKET)
+                .map(|b| self.c(ix::storage_bucket(op, b)))
+                .sum();
+            if total == 0 {
+                continue;
+            }
+            let mut cumulative = 0;
+            let mut buckets: Vec<Value> = BUCKETS
+                .iter()
+                .enumerate()
+                .map(|(b, le)| {
+                    cumulative += self.c(ix::storage_bucket(op, b));
+                    json!({ "le": le, "count": cumulative })
+                })
+                .collect();
+            buckets.push(json!({ "le": "+Inf", "count": total }));
+            latency.push(json!({
+                "op": op.name(),
+                "count": total,
+                "sum_seconds": self.c(ix::storage_duration_sum_nanos(op)) as f64 / 1e9,
+                "buckets": buckets,
+            }));
+        }
+        json!({
+            "requests": requests,
+            "bytes": {
+                "read": self.c(ix::storage_bytes(true)),
+                "written": self.c(ix::storage_bytes(false)),
+            },
+            "latency": latency,
         })
     }
 }
@@ -552,6 +673,13 @@ mod tests {
         slot.record_request(Route::Hash, "POST", 200, Duration::from_millis(3));
         slot.record_request(Route::Hash, "PUT", 405, Duration::from_secs(100));
         slot.add_bytes(Op::Hash, Direction::In, 15);
+        slot.record_storage(StorageOp::Get, StorageOutcome::Ok, Duration::from_millis(2));
+        slot.record_storage(
+            StorageOp::Get,
+            StorageOutcome::Timeout,
+            Duration::from_secs(3),
+        );
+        slot.add_storage_bytes(true, 4096);
         let snap = Snapshot::collect(
             r,
             PoolConfig {
@@ -574,6 +702,13 @@ mod tests {
             text.contains("hashpress_processed_bytes_total{op=\"hash\",direction=\"in\"} 15\n")
         );
         assert!(text.contains("\nprocess_resident_memory_bytes "));
+        assert!(
+            text.contains("hashpress_storage_requests_total{op=\"get\",outcome=\"timeout\"} 1\n")
+        );
+        assert!(text.contains("hashpress_storage_bytes_total{direction=\"read\"} 4096\n"));
+        assert!(text.contains(
+            "hashpress_storage_request_duration_seconds_bucket{op=\"get\",le=\"0.0025\"} 1\n"
+        ));
         assert!(
             !text.contains("hashpress_build_info{"),
             "no release recorded, none reported"
@@ -610,6 +745,9 @@ mod tests {
         assert_eq!(j["latency"][0]["buckets"][6]["count"], 2);
         assert_eq!(j["requests"][0]["count"], 2);
         assert_eq!(j["workers"]["alive"], 1);
+        assert_eq!(j["storage"]["bytes"]["read"], 4096);
+        assert_eq!(j["storage"]["requests"][1]["outcome"], "timeout");
+        assert_eq!(j["storage"]["latency"][0]["count"], 2);
         assert_eq!(j["processes"][0]["requests"], 3);
         assert_eq!(j["processes"][0]["connections_open"], 1);
     }

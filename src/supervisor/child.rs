@@ -82,7 +82,9 @@ pub fn run(args: ServeArgs, id: usize) -> ExitCode {
     // and the file there may have changed since.
     let build = Build::own();
     metrics.0.set_build(metrics.1, &build);
-    let root = match crate::serve::open_root(&args) {
+    // The supervisor checked that the store answers; a worker started while
+    // it is briefly down must not crash-loop, and answers 502 until it is back.
+    let root = match crate::serve::open_root(&args, false) {
         Ok(r) => r,
         Err(code) => return code,
     };

@@ -41,11 +41,8 @@ use worker::WorkerEvent;
 /// Runs the supervisor until every worker has stopped. Logging is set up.
 pub fn run(args: ServeArgs) -> ExitCode {
     // Check the configuration here, once, rather than in N crash-looping workers.
-    if let Err(e) = crate::root::Root::open(&args.root) {
-        eprintln!(
-            "hashpress: cannot serve --root {}: {e}",
-            args.root.display()
-        );
+    if let Err(e) = crate::storage::Backend::open(&args, true) {
+        eprintln!("hashpress: {e}");
         return ExitCode::from(2);
     }
     let (listener, origin) = match listener::acquire(args.listen) {

@@ -2,7 +2,7 @@
 //!
 //! The walk itself (listing directories, opening and stat-ing files) runs
 //! in pool jobs of a few dozen entries, so the disk's latency overlaps with
-//! hashing. Each file is hashed in jobs of at most `FILE_CHUNK` bytes: a
+//! hashing. Each file is hashed in jobs of at most `PIECE_MAX` bytes: a
 //! tree is many short jobs in one request's lane, never one long one, so
 //! the scheduler keeps serving other requests beside it (and the lane's
 //! used CPU lowers its priority against fresh small requests). At most
@@ -26,9 +26,10 @@ use super::walk::{Entry, Walk};
 use crate::cpu_pool::{CpuPool, Lane};
 use crate::digest_cache::{DigestCache, Key};
 use crate::error::ApiError;
-use crate::http::hash::{FILE_CHUNK, read_full, with_buffer};
 use crate::kernel::{AlgorithmList, Digests, MultiHasher};
 use crate::root::{RelPath, Root};
+use crate::storage::local::{identity, read_full};
+use crate::storage::{PIECE_MAX, with_buffer};
 
 /// Entries the walk reads in one pool job.
 const WALK_BATCH: usize = 32;
@@ -171,7 +172,7 @@ impl Manifest {
     }
 }
 
-/// Hashes one file in `FILE_CHUNK` jobs, or answers from the digest cache.
+/// Hashes one file in `PIECE_MAX` jobs, or answers from the digest cache.
 pub async fn hash_file(
     lane: Lane,
     path: Vec<u8>,
@@ -183,7 +184,7 @@ pub async fn hash_file(
     let started = SystemTime::now();
     let key = match (&cache, file.metadata()) {
         (Some(cache), Ok(meta)) => {
-            let key = Key::new(&meta, &algs);
+            let key = Key::new(identity(&meta), &algs);
             if let Some(digests) = cache.get(&key) {
                 return Record::File { path, digests };
             }
@@ -196,10 +197,10 @@ pub async fn hash_file(
         let (mut file, mut hasher, _) = state;
         let job = lane
             .run(move || {
-                let done = with_buffer(|buf| {
-                    let n = read_full(&mut file, &mut buf[..FILE_CHUNK])?;
+                let done = with_buffer(PIECE_MAX, |buf| {
+                    let n = read_full(&mut file, buf)?;
                     hasher.update(&buf[..n]);
-                    Ok::<_, std::io::Error>(n < FILE_CHUNK)
+                    Ok::<_, std::io::Error>(n < PIECE_MAX)
                 });
                 done.map(|done| (file, hasher, done))
             })
@@ -220,9 +221,11 @@ pub async fn hash_file(
     }
     let (file, hasher, _) = state;
     let digests = hasher.finish();
-    if let (Some(cache), Some(before), Ok(meta)) = (&cache, key, file.metadata()) {
-        let after = before.refreshed(&meta);
-        cache.insert(before, &after, &digests, started);
+    // Cached only if the file did not change while it was hashed.
+    if let (Some(cache), Some(before), Ok(meta)) = (&cache, key, file.metadata())
+        && Key::new(identity(&meta), &algs) == before
+    {
+        cache.insert(before, &digests, started);
     }
     Record::File { path, digests }
 }

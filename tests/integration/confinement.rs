@@ -52,7 +52,13 @@ fn walk(dir: &Path) -> Vec<String> {
 }
 
 fn hostile_paths(fx: &Fixture) -> Vec<String> {
-    let abs = fx.base.path().join("secret.txt").display().to_string();
+    hostile_table(&fx.base.path().join("secret.txt").display().to_string())
+}
+
+/// Paths that try to leave the served root, every trick we know; `abs` is
+/// the absolute path of a file outside it. The storage tests run the same
+/// table against a bucket prefix.
+pub fn hostile_table(abs: &str) -> Vec<String> {
     let mut v: Vec<String> = [
         "../secret.txt",
         "..%2fsecret.txt",

@@ -14,6 +14,7 @@ mod lifecycle;
 mod metrics;
 mod scale;
 mod shedding;
+mod storage;
 mod streaming;
 mod strict_http;
 mod trees;

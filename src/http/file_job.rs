@@ -1,0 +1,208 @@
+//! The one way handlers read a source and write an output: admission to the
+//! CPU pool, open, the piece-by-piece loop on the pool, and the key named in
+//! every error. Handlers bring the synchronous kernel step; where each part
+//! runs is the storage backend's to say (`Work`, `Piece`), never theirs.
+
+use std::sync::Arc;
+
+use super::AppState;
+use crate::cpu_pool::{Lane, PoolError};
+use crate::error::ApiError;
+use crate::metrics::Op;
+use crate::root::RelPath;
+use crate::storage::{Identity, Object, PIECE_MAX, Piece, StorageError, Upload, Work};
+
+/// Parses the key that follows `prefix` in the raw (still encoded) URL path.
+pub fn path_after(uri_path: &str, prefix: &str) -> Result<RelPath, ApiError> {
+    let raw = uri_path.strip_prefix(prefix).unwrap_or("");
+    RelPath::parse(raw).map_err(ApiError::from_path)
+}
+
+/// Runs a backend's `Work` where it belongs, in the request's lane. With
+/// `admit` this is the request's first use of the pool: refused at once
+/// (503) when the pool is too busy, before the disk or the store is touched.
+async fn run<T: Send + 'static>(
+    lane: &Lane,
+    work: Work<T>,
+    admit: bool,
+) -> Result<Result<T, StorageError>, PoolError> {
+    match work {
+        Work::Blocking(f) if admit => lane.try_run(f).await,
+        Work::Blocking(f) => lane.run(f).await,
+        Work::Async(fut) => {
+            if admit {
+                lane.try_run(|| ()).await?;
+            }
+            Ok(fut.await)
+        }
+    }
+}
+
+/// A source opened for one request, read front to back.
+pub struct Source {
+    /// The request's way into the CPU pool; every job of it goes there.
+    lane: Lane,
+    obj: Box<dyn Object>,
+    /// The key as the client wrote it, for answers and errors.
+    shown: Arc<str>,
+}
+
+impl Source {
+    /// Admission, then open.
+    pub async fn open(st: &AppState, rel: &RelPath) -> Result<Source, ApiError> {
+        let shown: Arc<str> = Arc::from(rel.display());
+        let lane = st.pool.lane();
+        let obj = run(&lane, st.storage.open(rel), true)
+            .await?
+            .map_err(|e| ApiError::from_storage(e, &shown, false))?;
+        Ok(Source { lane, obj, shown })
+    }
+
+    /// Admission by size, once the request knows it will read the whole
+    /// source for `op` (a digest-cache hit will not): refused at once (503)
+    /// when sharing the pool with the work already planned would make it
+    /// wait too long.
+    pub fn plan(&self, op: Op) -> Result<(), ApiError> {
+        Ok(self.lane.plan(op, self.size())?)
+    }
+
+    /// The request's lane, for jobs of its own (parallel blocks, the end).
+    pub fn lane(&self) -> Lane {
+        self.lane.clone()
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    pub fn shown_arc(&self) -> Arc<str> {
+        Arc::clone(&self.shown)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.obj.meta().size
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.obj.meta().identity
+    }
+
+    /// The next piece, at most `max` bytes, for a pool job; `None` at the end.
+    pub async fn next(&mut self, max: usize) -> Result<Option<Piece>, ApiError> {
+        let shown = &self.shown;
+        self.obj
+            .next(max)
+            .await
+            .map_err(|e| ApiError::from_storage(e, shown, false))
+    }
+
+    /// Runs `f` on the next piece (at most `PIECE_MAX`) in a pool job,
+    /// carrying `state` in and out; `None` for the result at the end. If the
+    /// client goes away, this future is dropped and no further job is queued.
+    pub async fn step<S, R>(
+        &mut self,
+        mut state: S,
+        f: impl FnOnce(&mut S, &[u8]) -> Result<R, ApiError> + Send + 'static,
+    ) -> Result<(S, Option<R>), ApiError>
+    where
+        S: Send + 'static,
+        R: Send + 'static,
+    {
+        let Some(piece) = self.next(PIECE_MAX).await? else {
+            // All read: what it cost teaches the pool the cost per byte.
+            self.lane.done();
+            return Ok((state, None));
+        };
+        let shown = self.shown_arc();
+        self.lane
+            .run(move || {
+                let r = piece
+                    .with_bytes(|bytes| f(&mut state, bytes))
+                    .map_err(|e| ApiError::from_storage(e, &shown, false))??;
+                Ok((state, Some(r)))
+            })
+            .await?
+    }
+
+    /// Runs `f` on every piece, in order, one pool job each.
+    pub async fn fold<S: Send + 'static>(
+        &mut self,
+        mut state: S,
+        f: fn(&mut S, &[u8]),
+    ) -> Result<S, ApiError> {
+        loop {
+            let (s, more) = self
+                .step(state, move |s, bytes| {
+                    f(s, bytes);
+                    Ok(())
+                })
+                .await?;
+            state = s;
+            if more.is_none() {
+                return Ok(state);
+            }
+        }
+    }
+
+    /// After the last piece: the bytes read were one version of the source
+    /// (409 otherwise: a file rewritten or deleted, an object overwritten).
+    pub fn check_unchanged(&self) -> Result<(), ApiError> {
+        let after = self
+            .obj
+            .identity_after()
+            .map_err(|e| ApiError::from_storage(e, &self.shown, false))?;
+        if after != *self.identity() {
+            return Err(ApiError::SourceChanged(format!(
+                "'{}' changed while it was read",
+                self.shown
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An output being written; nothing appears under its name until `commit`
+/// has finished, and a dropped `Output` leaves nothing behind.
+pub struct Output {
+    upload: Box<dyn Upload>,
+    shown: Arc<str>,
+}
+
+impl Output {
+    /// Starts the output of a request admitted already, in its `lane`.
+    pub async fn create(st: &AppState, lane: &Lane, rel: &RelPath) -> Result<Output, ApiError> {
+        let shown: Arc<str> = Arc::from(rel.display());
+        let upload = run(lane, st.storage.create(rel), false)
+            .await?
+            .map_err(|e| ApiError::from_storage(e, &shown, true))?;
+        Ok(Output { upload, shown })
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Appends `data`; in a pool job.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), ApiError> {
+        self.upload
+            .write(data)
+            .map_err(|e| ApiError::from_storage(e, &self.shown, true))
+    }
+
+    /// After each job that wrote: lets the backend send what it buffered.
+    pub async fn flush(&mut self) -> Result<(), ApiError> {
+        let shown = &self.shown;
+        self.upload
+            .flush()
+            .await
+            .map_err(|e| ApiError::from_storage(e, shown, true))
+    }
+
+    /// Makes the output visible, complete.
+    pub async fn commit(self, lane: &Lane) -> Result<(), ApiError> {
+        let Output { upload, shown } = self;
+        run(lane, upload.commit(), false)
+            .await?
+            .map_err(|e| ApiError::from_storage(e, &shown, true))
+    }
+}
