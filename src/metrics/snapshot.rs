@@ -153,31 +153,12 @@ impl Snapshot {
         );
         for route in Route::ALL {
             let r = route as usize;
-            let total: u64 = (0..N_BUCKET).map(|b| self.c(ix::bucket(r, b))).sum();
-            if total == 0 {
-                continue;
-            }
-            let t = route.template();
-            let mut cumulative = 0;
-            for (b, le) in BUCKETS.iter().enumerate() {
-                cumulative += self.c(ix::bucket(r, b));
-                let _ = writeln!(
-                    o,
-                    "hashpress_http_request_duration_seconds_bucket{{route=\"{t}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
+            histogram(
                 o,
-                "hashpress_http_request_duration_seconds_bucket{{route=\"{t}\",le=\"+Inf\"}} {total}"
-            );
-            let sum = self.c(ix::duration_sum_nanos(r)) as f64 / 1e9;
-            let _ = writeln!(
-                o,
-                "hashpress_http_request_duration_seconds_sum{{route=\"{t}\"}} {sum}"
-            );
-            let _ = writeln!(
-                o,
-                "hashpress_http_request_duration_seconds_count{{route=\"{t}\"}} {total}"
+                "hashpress_http_request_duration_seconds",
+                &format!("route=\"{}\"", route.template()),
+                |b| self.c(ix::bucket(r, b)),
+                self.c(ix::duration_sum_nanos(r)),
             );
         }
         header(
@@ -220,21 +201,12 @@ impl Snapshot {
             "histogram",
             "Time CPU pool jobs waited in the queue for a thread.",
         );
-        let mut cumulative = 0;
-        for (b, le) in BUCKETS.iter().enumerate() {
-            cumulative += self.c(ix::queue_wait(b));
-            let _ = writeln!(
-                o,
-                "hashpress_pool_queue_wait_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let waits = self.queue_waits();
-        let _ = writeln!(
+        histogram(
             o,
-            "hashpress_pool_queue_wait_seconds_bucket{{le=\"+Inf\"}} {waits}\n\
-             hashpress_pool_queue_wait_seconds_sum {}\n\
-             hashpress_pool_queue_wait_seconds_count {waits}",
-            self.c(ix::QUEUE_WAIT_SUM) as f64 / 1e9
+            "hashpress_pool_queue_wait_seconds",
+            "",
+            |b| self.c(ix::queue_wait(b)),
+            self.c(ix::QUEUE_WAIT_SUM),
         );
         header(
             o,
@@ -558,33 +530,12 @@ impl Snapshot {
             "Time of one request to the object store, retries included.",
         );
         for op in StorageOp::ALL {
-            let total: u64 = (0..N_BUCKET)
-                .map(|b| self.c(ix::storage_bucket(op, b)))
-                .sum();
-            if total == 0 {
-                continue;
-            }
-            let name = op.name();
-            let mut cumulative = 0;
-            for (b, le) in BUCKETS.iter().enumerate() {
-                cumulative += self.c(ix::storage_bucket(op, b));
-                let _ = writeln!(
-                    o,
-                    "hashpress_storage_request_duration_seconds_bucket{{op=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
+            histogram(
                 o,
-                "hashpress_storage_request_duration_seconds_bucket{{op=\"{name}\",le=\"+Inf\"}} {total}"
-            );
-            let sum = self.c(ix::storage_duration_sum_nanos(op)) as f64 / 1e9;
-            let _ = writeln!(
-                o,
-                "hashpress_storage_request_duration_seconds_sum{{op=\"{name}\"}} {sum}"
-            );
-            let _ = writeln!(
-                o,
-                "hashpress_storage_request_duration_seconds_count{{op=\"{name}\"}} {total}"
+                "hashpress_storage_request_duration_seconds",
+                &format!("op=\"{}\"", op.name()),
+                |b| self.c(ix::storage_bucket(op, b)),
+                self.c(ix::storage_duration_sum_nanos(op)),
             );
         }
     }
@@ -652,6 +603,45 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// One histogram series in Prometheus text: cumulative buckets of
+/// `BUCKETS` and +Inf, the sum (from nanoseconds) and the count. `labels`
+/// (e.g. `route="/hash"`, or empty) come before `le`. `per_bucket(b)` is
+/// the non-cumulative count of bucket `b` (0..N_BUCKET, the last is +Inf).
+/// Labelled series with no observation are left out; an unlabelled one is
+/// always written.
+fn histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    per_bucket: impl Fn(usize) -> u64,
+    sum_nanos: u64,
+) {
+    let total: u64 = (0..N_BUCKET).map(&per_bucket).sum();
+    if total == 0 && !labels.is_empty() {
+        return;
+    }
+    let (open, sep) = if labels.is_empty() {
+        ("", "")
+    } else {
+        (labels, ",")
+    };
+    let mut cumulative = 0;
+    for (b, le) in BUCKETS.iter().enumerate() {
+        cumulative += per_bucket(b);
+        let _ = writeln!(out, "{name}_bucket{{{open}{sep}le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{open}{sep}le=\"+Inf\"}} {total}");
+    let sum = sum_nanos as f64 / 1e9;
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    } else {
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {total}"
+        );
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
