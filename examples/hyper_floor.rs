@@ -47,7 +47,7 @@ fn main() {
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // The same runtime hashpress builds for the same thread count.
-    let Ok(runtime) = hashpress::serve::io_runtime(threads) else {
+    let Ok(runtime) = hashpress::worker::io_runtime(threads) else {
         std::process::exit(1);
     };
     runtime.block_on(async move {

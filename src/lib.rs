@@ -5,7 +5,9 @@
 //! across workers; `cpu_pool` the bounded pool that runs heavy work;
 //! `root` confines every file access to the served directory; `storage`
 //! puts that directory, or an S3 bucket prefix, behind one interface;
-//! `supervisor` runs the cluster mode (one supervisor, N worker processes).
+//! `worker` is one serving process (the whole server with `--workers 0`);
+//! `supervisor` runs the cluster mode (one supervisor, N worker processes)
+//! and knows nothing of HTTP.
 
 pub mod accept_gate;
 pub mod build_info;
@@ -19,9 +21,9 @@ pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod root;
-pub mod serve;
 pub mod server;
 pub mod shutdown;
 pub mod storage;
 pub mod supervisor;
 pub mod tree;
+pub mod worker;

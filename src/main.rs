@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hashpress::config::{Cli, Command, apply_config_file};
-use hashpress::supervisor;
+use hashpress::{supervisor, worker};
 
 /// Every request allocates and frees a few dozen small objects and one
 /// 8 KiB read buffer; glibc's malloc spent a third of a tiny request's
@@ -25,8 +25,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => {
             let args = *args;
             // Started by a supervisor: the worker role, whatever --workers says.
-            if let Some(id) = supervisor::child::worker_id() {
-                return supervisor::child::run(args, id);
+            if let Some(id) = worker::child::worker_id() {
+                return worker::child::run(args, id);
             }
             if let Err(e) = hashpress::logging::init(&args.log_level, args.log_format) {
                 eprintln!("hashpress: {e}");
@@ -51,43 +51,19 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             if args.workers == 0 {
-                serve(args)
-            } else {
-                supervisor::run(args)
+                let listen = args.listen;
+                return worker::run(
+                    args,
+                    worker::ListenerSource::Bind(listen),
+                    worker::Hooks::single(),
+                );
             }
+            // Checked here, once, rather than in N crash-looping workers.
+            if let Err(e) = hashpress::storage::Backend::open(&args, true) {
+                eprintln!("hashpress: {e}");
+                return ExitCode::from(2);
+            }
+            supervisor::run(args)
         }
     }
-}
-
-/// `--workers 0`: serve in this process.
-fn serve(args: hashpress::config::ServeArgs) -> ExitCode {
-    let root = match hashpress::serve::open_root(&args, true) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let runtime = match hashpress::serve::io_runtime(args.effective_io_threads()) {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("hashpress: cannot listen on {}: {e}", args.listen);
-                return ExitCode::FAILURE;
-            }
-        };
-        let addr = listener.local_addr().map_or(args.listen, |a| a);
-        tracing::info!(
-            root = %args.root,
-            io_threads = args.effective_io_threads(),
-            pool_threads = args.effective_pool_threads(),
-            pool_queue = args.effective_pool_queue(),
-            max_queue_wait_ms = args.max_queue_wait.as_millis() as u64,
-            allow_write = args.allow_write,
-            "listening on http://{addr}"
-        );
-        hashpress::serve::serve(args, listener, root).await;
-        ExitCode::SUCCESS
-    })
 }

@@ -43,14 +43,3 @@ impl Shutdown {
         let _ = self.rx.wait_for(|&down| down).await;
     }
 }
-
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn terminate_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
-    }
-}

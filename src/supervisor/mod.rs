@@ -14,7 +14,6 @@
 //! phase and generation are published in the metrics region.
 
 pub mod backoff;
-pub mod child;
 pub mod exe;
 pub mod listener;
 pub mod notify;
@@ -40,11 +39,6 @@ use worker::WorkerEvent;
 
 /// Runs the supervisor until every worker has stopped. Logging is set up.
 pub fn run(args: ServeArgs) -> ExitCode {
-    // Check the configuration here, once, rather than in N crash-looping workers.
-    if let Err(e) = crate::storage::Backend::open(&args, true) {
-        eprintln!("hashpress: {e}");
-        return ExitCode::from(2);
-    }
     let (listener, origin) = match listener::acquire(args.listen) {
         Ok(l) => l,
         Err(e) => {

@@ -1,0 +1,116 @@
+//! A worker process's side of the handoff from its supervisor: the
+//! descriptors and slot it inherited (named in `HASHPRESS_INTERNAL_*`
+//! variables, see `supervisor::worker`), and the ready line it writes once
+//! it is about to accept. The serving itself is `worker::run`.
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::build_info::Build;
+use crate::config::{LogFormat, ServeArgs};
+use crate::metrics::Region;
+use crate::supervisor::listener;
+use crate::supervisor::worker::{
+    ENV_LISTEN_FD, ENV_LOG_JSON, ENV_METRICS_FD, ENV_METRICS_SLOT, ENV_READY_FD, ENV_WORKER,
+    READY_LINE,
+};
+
+use super::{Hooks, ListenerSource, Role};
+
+/// How long idle keep-alive connections of a draining worker wait for one
+/// more request before being closed. Long enough for a busy client to send
+/// its next request and be told `Connection: close`.
+const DRAIN_LINGER: Duration = Duration::from_secs(2);
+
+/// The worker id when this process was started as a worker.
+pub fn worker_id() -> Option<usize> {
+    std::env::var(ENV_WORKER).ok()?.parse().ok()
+}
+
+fn env_fd(name: &str) -> Result<RawFd, String> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd: &RawFd| *fd > 2)
+        .ok_or_else(|| format!("{name} is missing or not a descriptor number"))
+}
+
+/// Runs worker `id` until it has drained.
+pub fn run(args: ServeArgs, id: usize) -> ExitCode {
+    let format = match (args.log_format, std::env::var(ENV_LOG_JSON).as_deref()) {
+        (LogFormat::Auto, Ok("1")) => LogFormat::Json,
+        (LogFormat::Auto, Ok(_)) => LogFormat::Human,
+        (f, _) => f,
+    };
+    if let Err(e) = crate::logging::init(&args.log_level, format) {
+        eprintln!("hashpress worker {id}: {e}");
+        return ExitCode::from(2);
+    }
+    let (listen_fd, ready_fd) = match (env_fd(ENV_LISTEN_FD), env_fd(ENV_READY_FD)) {
+        (Ok(l), Ok(r)) => (l, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("hashpress worker {id}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: the supervisor passed these descriptors to us alone.
+    let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+    if let Err(e) = listener::set_cloexec(ready_fd, true) {
+        eprintln!("hashpress worker {id}: readiness pipe: {e}");
+        return ExitCode::from(2);
+    }
+    // SAFETY: as above.
+    let std_listener = match unsafe { listener::inherit(listen_fd) } {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hashpress worker {id}: inherited socket: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let metrics = match inherit_metrics() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("hashpress worker {id}: metrics region: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Our release, from us: the supervisor only knows which path it ran,
+    // and the file there may have changed since.
+    let build = Build::own();
+    metrics.0.set_build(metrics.1, &build);
+    let on_ready = Box::new(move || {
+        // The supervisor's log adds this worker's id and pid to the line;
+        // `exe` is the file the kernel really loaded for us.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+        tracing::info!(
+            version = %build.version,
+            commit = %build.commit,
+            exe = %exe.display(),
+            "accepting connections"
+        );
+        let mut pipe = std::fs::File::from(ready);
+        // If the supervisor cannot hear us it will time us out; nothing to add.
+        let _ = pipe.write_all(READY_LINE);
+    });
+    let hooks = Hooks {
+        role: Role::Worker { metrics, on_ready },
+        drain_linger: DRAIN_LINGER,
+    };
+    let code = super::run(args, ListenerSource::Inherited(std_listener), hooks);
+    tracing::info!("worker drained; exiting");
+    code
+}
+
+fn inherit_metrics() -> Result<(&'static Region, usize), String> {
+    let fd = env_fd(ENV_METRICS_FD)?;
+    let slot: usize = std::env::var(ENV_METRICS_SLOT)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&s| s < crate::metrics::region::MAX_SLOTS)
+        .ok_or_else(|| format!("{ENV_METRICS_SLOT} is missing or out of range"))?;
+    // SAFETY: the supervisor passed this descriptor to us alone.
+    let region = unsafe { Region::inherit(fd) }.map_err(|e| e.to_string())?;
+    Ok((region, slot))
+}

@@ -1,0 +1,346 @@
+//! The worker role: one process serving HTTP. `--workers 0` runs it in the
+//! process the user started; in cluster mode each worker process runs it on
+//! the socket its supervisor passed down (see `child`). The start-up
+//! sequence is written once, here; what differs between the two is in
+//! `ListenerSource` and `Hooks`.
+
+pub mod child;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::accept_gate::AcceptGate;
+use crate::config::ServeArgs;
+use crate::cpu_pool::{CpuPool, PoolLimits};
+use crate::digest_cache::DigestCache;
+use crate::http::auth::{Access, Tokens};
+use crate::http::{AppState, Inner, admin_app, app};
+use crate::metrics::Region;
+use crate::server::{self, KeepAlive, ServerOptions};
+use crate::shutdown::{self, ShutdownTrigger};
+use crate::storage::Backend;
+
+/// Where the listening socket comes from.
+pub enum ListenerSource {
+    /// `--workers 0`: bind `--listen` in this process.
+    Bind(SocketAddr),
+    /// A worker: the supervisor's socket, inherited (blocking mode as passed).
+    Inherited(std::net::TcpListener),
+}
+
+/// Which of the two roles runs: they differ in signals and in who owns the
+/// metrics region.
+pub enum Role {
+    /// `--workers 0`: SIGTERM/SIGINT drain, a second one exits at once;
+    /// SIGHUP re-reads `--token-file`. The process makes its own metrics region.
+    Single,
+    /// Started by a supervisor: SIGTERM/SIGINT drain (again and again: only
+    /// the supervisor decides to hurry), SIGQUIT exits at once; SIGHUP is
+    /// the supervisor's (a reload starts new workers).
+    Worker {
+        /// The shared metrics region and this worker's slot in it.
+        metrics: (&'static Region, usize),
+        /// Called once the state is built, just before the first accept: the
+        /// worker tells its supervisor it is ready here.
+        on_ready: Box<dyn FnOnce() + Send>,
+    },
+}
+
+/// What differs between the two roles.
+pub struct Hooks {
+    pub role: Role,
+    /// After the drain starts, how long idle keep-alive connections are left
+    /// open so that their next request can still be answered (with
+    /// `Connection: close`) instead of being cut under a client that is
+    /// sending it. Zero (single process) closes idle connections at once.
+    pub drain_linger: Duration,
+}
+
+impl Hooks {
+    /// `--workers 0`.
+    pub fn single() -> Hooks {
+        Hooks {
+            role: Role::Single,
+            drain_linger: Duration::ZERO,
+        }
+    }
+}
+
+/// Serves until the role's signals say stop and the drain is over.
+pub fn run(args: ServeArgs, source: ListenerSource, hooks: Hooks) -> ExitCode {
+    let single = matches!(hooks.role, Role::Single);
+    // A single process checks that the store answers; a worker started while
+    // it is briefly down must not crash-loop (its supervisor checked), and
+    // answers 502 until it is back.
+    let root = match Backend::open(&args, single) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hashpress: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match io_runtime(args.effective_io_threads()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hashpress: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let listener = match source {
+            ListenerSource::Bind(addr) => TcpListener::bind(addr).await,
+            // Non-blocking is a property of the shared open socket: every
+            // worker sets it, and the supervisor never accepts, so all agree.
+            ListenerSource::Inherited(l) => l
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(l)),
+        };
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("hashpress: cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let admin_listener = match args.admin_listen {
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("hashpress: cannot listen on --admin-listen {addr}: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => None,
+        };
+        if single {
+            let addr = listener.local_addr().map_or(args.listen, |a| a);
+            tracing::info!(
+                root = %args.root,
+                io_threads = args.effective_io_threads(),
+                pool_threads = args.effective_pool_threads(),
+                pool_queue = args.effective_pool_queue(),
+                max_queue_wait_ms = args.max_queue_wait.as_millis() as u64,
+                allow_write = args.allow_write,
+                "listening on http://{addr}"
+            );
+        }
+        let (trigger, shutdown) = shutdown::channel();
+        let hurry = tokio::spawn(signals(single, trigger));
+        tokio::select! {
+            () = serve(args, listener, admin_listener, root, shutdown, hooks) => {}
+            // A second signal (single) or SIGQUIT (worker): skip the rest of the drain.
+            _ = hurry => {}
+        }
+        ExitCode::SUCCESS
+    });
+    // Pool threads may still be busy with a request cut short; they die with us.
+    runtime.shutdown_background();
+    code
+}
+
+/// The runtime that serves HTTP, with `threads` I/O threads (see
+/// `--io-threads`). One thread gets the current-thread scheduler, which has
+/// no work stealing to pay for.
+pub fn io_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().thread_name("hashpress-io").build()
+}
+
+fn own_region() -> std::io::Result<(&'static Region, usize)> {
+    let region = Region::create()?;
+    let slot = region
+        .claim(0)
+        .ok_or_else(|| std::io::Error::other("no free metrics slot"))?;
+    region.set_pid(slot, std::process::id());
+    region.set_own_build(&crate::build_info::Build::own());
+    Ok((region, slot))
+}
+
+/// Builds the state and serves until `shutdown` fires, then drains.
+async fn serve(
+    args: ServeArgs,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    root: Backend,
+    shutdown: shutdown::Shutdown,
+    hooks: Hooks,
+) {
+    // A worker records into the slot its supervisor gave it, and gates its
+    // accepts by its peers' connections; a single process makes a region of
+    // its own.
+    let (metrics_slot, on_ready) = match hooks.role {
+        Role::Single => (None, None),
+        Role::Worker { metrics, on_ready } => (Some(metrics), Some(on_ready)),
+    };
+    let gate = metrics_slot.map(|(region, slot)| AcceptGate::new(region, slot));
+    let (region, slot) = match metrics_slot {
+        Some(m) => m,
+        None => match own_region() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the metrics region");
+                return;
+            }
+        },
+    };
+    let tokens = match args.token_file.as_deref().map(Tokens::load).transpose() {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => {
+            // Checked at start already; the file changed since.
+            tracing::error!(error = %e, "cannot read --token-file");
+            return;
+        }
+    };
+    let metrics = region.slot(slot);
+    let crate::storage::Served { storage, dir } = match root.into_storage(metrics) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the storage");
+            return;
+        }
+    };
+    let pool = CpuPool::new(
+        PoolLimits {
+            threads: args.effective_pool_threads(),
+            queue: args.effective_pool_queue(),
+            max_wait: args.max_queue_wait,
+        },
+        metrics,
+    );
+    let state = AppState {
+        inner: Arc::new(Inner {
+            storage: Arc::clone(&storage),
+            root: dir,
+            pool,
+            metrics,
+            region,
+            draining: Arc::new(AtomicBool::new(false)),
+            digest_cache: (args.digest_cache > 0)
+                .then(|| Arc::new(DigestCache::new(args.digest_cache))),
+            allow_write: args.allow_write,
+            io_threads: args.effective_io_threads(),
+            access_log: args.access_log,
+            record_metrics: args.metrics,
+            max_body: args.max_body,
+            body_read_timeout: args.body_read_timeout,
+            access: Access {
+                tokens: tokens.clone(),
+                metrics_on_admin: admin_listener.is_some(),
+            },
+        }),
+    };
+    let opts = ServerOptions {
+        header_read_timeout: args.header_read_timeout,
+        max_header_bytes: args.max_header_bytes.min(usize::MAX as u64) as usize,
+        max_connections: args.max_connections,
+        grace: args.grace,
+        drain_linger: hooks.drain_linger,
+        keep_alive: KeepAlive {
+            requests: args.keepalive_requests,
+            time: args.keepalive_time,
+            timeout: args.keepalive_timeout,
+        },
+        gate: None,
+    };
+    if gate.is_none() {
+        // A supervisor turns SIGHUP into a reload, and new workers read the
+        // file as they start.
+        tokio::spawn(reload_on_sighup(tokens));
+    }
+    let admin = admin_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("admin (metrics) listening on http://{a}");
+        }
+        let admin_opts = opts.clone();
+        let down = shutdown.clone();
+        let app = admin_app(state.clone());
+        tokio::spawn(async move { server::run(l, app, admin_opts, down).await })
+    });
+    // Peers count this worker in before the supervisor hears it is ready
+    // (and starts moving connections to it).
+    if let Some(g) = &gate {
+        g.mark_accepting();
+    }
+    if let Some(ready) = on_ready {
+        ready();
+    }
+    let opts = ServerOptions { gate, ..opts };
+    server::run(listener, app(state), opts, shutdown).await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    // Requests cut at the end of the drain may have left uploads to abort.
+    storage.close().await;
+}
+
+/// The role's stop signals. The first SIGTERM/SIGINT fires `trigger`;
+/// returns when the process should exit without finishing the drain: a
+/// second SIGTERM/SIGINT in a single process, SIGQUIT in a worker.
+async fn signals(single: bool, trigger: ShutdownTrigger) {
+    use tokio::signal::unix::{SignalKind, signal};
+    // A single process leaves SIGQUIT at its default (a core dump).
+    let quit = (!single).then(|| signal(SignalKind::quit()));
+    let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        quit.transpose(),
+    ) else {
+        tracing::error!("cannot install signal handlers; exiting");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+            () = recv_if_some(&mut quit) => {
+                tracing::warn!("SIGQUIT: exiting without draining");
+                return;
+            }
+        }
+        let already = trigger.subscribe().is_shutdown();
+        trigger.trigger();
+        if already && single {
+            tracing::warn!("second signal: exiting without waiting for the drain");
+            return;
+        }
+    }
+}
+
+/// SIGHUP re-reads `--token-file` (and is harmless without one).
+async fn reload_on_sighup(tokens: Option<Arc<Tokens>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match &tokens {
+            None => tracing::info!("SIGHUP: no --token-file to re-read"),
+            Some(t) => match t.reload() {
+                Ok(n) => {
+                    tracing::info!(tokens = n, file = %t.path().display(), "SIGHUP: token file re-read")
+                }
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous tokens"),
+            },
+        }
+    }
+}
+
+async fn recv_if_some(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
