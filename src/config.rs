@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::start_error::StartError;
 use crate::storage::RootArg;
 
 #[derive(Parser, Debug)]
@@ -484,7 +485,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// the file's keys as environment variables that are not set yet.
 ///
 /// Must run before any thread is started (it calls `set_var`).
-pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), String> {
+pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), StartError> {
     let mut path: Option<PathBuf> = std::env::var_os("HASHPRESS_CONFIG").map(PathBuf::from);
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -496,11 +497,15 @@ pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), String> {
         }
     }
     let Some(path) = path else { return Ok(()) };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| format!("config file {} is not valid TOML: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        StartError::config(format!("cannot read config file {}: {e}", path.display()))
+    })?;
+    let table: toml::Table = text.parse().map_err(|e| {
+        StartError::config(format!(
+            "config file {} is not valid TOML: {e}",
+            path.display()
+        ))
+    })?;
     let cmd = Cli::command();
     let serve = cmd
         .find_subcommand("serve")
@@ -513,11 +518,11 @@ pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), String> {
     for (key, value) in table {
         let flag = key.replace('_', "-");
         if !known.contains(&flag) {
-            return Err(format!(
+            return Err(StartError::config(format!(
                 "config file {}: unknown key '{key}'; known keys: {}",
                 path.display(),
                 known.join(", ")
-            ));
+            )));
         }
         let value = match value {
             toml::Value::String(s) => s,
@@ -525,11 +530,11 @@ pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), String> {
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
             other => {
-                return Err(format!(
+                return Err(StartError::config(format!(
                     "config file {}: key '{key}' must be a string, number or boolean, not {}",
                     path.display(),
                     other.type_str()
-                ));
+                )));
             }
         };
         let var = format!("HASHPRESS_{}", flag.replace('-', "_").to_ascii_uppercase());

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod root;
 pub mod server;
 pub mod shutdown;
+pub mod start_error;
 pub mod storage;
 pub mod supervisor;
 pub mod tree;

@@ -5,10 +5,11 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::start_error::StartError;
 
-pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
-    let filter =
-        EnvFilter::try_new(filter).map_err(|e| format!("invalid --log-level '{filter}': {e}"))?;
+pub fn init(filter: &str, format: LogFormat) -> Result<(), StartError> {
+    let filter = EnvFilter::try_new(filter)
+        .map_err(|e| StartError::config(format!("invalid --log-level '{filter}': {e}")))?;
     let json = wants_json(format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -20,7 +21,7 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
             .with_ansi(std::io::stderr().is_terminal())
             .try_init()
     };
-    result.map_err(|e| format!("cannot install the logger: {e}"))
+    result.map_err(|e| StartError::config(format!("cannot install the logger: {e}")))
 }
 
 /// Whether `format` means JSON lines for this process's stderr. The

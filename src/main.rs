@@ -1,9 +1,11 @@
 //! The `hashpress` binary: parse the command line, pick the role, run it.
+//! The one place that prints a start-up error and picks the exit status.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use hashpress::config::{Cli, Command, apply_config_file};
+use hashpress::config::{Cli, Command, ServeArgs, apply_config_file};
+use hashpress::start_error::StartError;
 use hashpress::{supervisor, worker};
 
 /// Every request allocates and frees a few dozen small objects and one
@@ -14,56 +16,46 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Err(e) = apply_config_file(&argv) {
+    let started = apply_config_file(&argv).and_then(|()| match Cli::parse_from(argv).command {
+        Command::Hash(args) => Ok(hashpress::cli::hash(&args)),
+        Command::Check(args) => Ok(hashpress::cli::check(&args)),
+        Command::Serve(args) => serve(*args).map(|()| ExitCode::SUCCESS),
+    });
+    started.unwrap_or_else(|e| {
         eprintln!("hashpress: {e}");
-        return ExitCode::from(2);
+        e.exit_code()
+    })
+}
+
+fn serve(args: ServeArgs) -> Result<(), StartError> {
+    // Started by a supervisor: the worker role, whatever --workers says.
+    if let Some(id) = worker::child::worker_id() {
+        return worker::child::run(args, id);
     }
-    let cli = Cli::parse_from(argv);
-    match cli.command {
-        Command::Hash(args) => hashpress::cli::hash(&args),
-        Command::Check(args) => hashpress::cli::check(&args),
-        Command::Serve(args) => {
-            let args = *args;
-            // Started by a supervisor: the worker role, whatever --workers says.
-            if let Some(id) = worker::child::worker_id() {
-                return worker::child::run(args, id);
-            }
-            if let Err(e) = hashpress::logging::init(&args.log_level, args.log_format) {
-                eprintln!("hashpress: {e}");
-                return ExitCode::from(2);
-            }
-            // Checked once, before any worker starts: a bad token file or an
-            // exposed address without one is the operator's to fix now.
-            if let Err(e) = hashpress::http::auth::check_startup(
-                args.listen,
-                args.admin_listen,
-                args.token_file.as_deref(),
-            ) {
-                eprintln!("hashpress: {e}");
-                return ExitCode::from(2);
-            }
-            if args.workers > 0 && args.admin_listen.is_some() {
-                eprintln!(
-                    "hashpress: --admin-listen is served in single-process mode only; \
-                     add --workers 0, or scrape /metrics on the main listener (any worker \
-                     answers with the totals of all)"
-                );
-                return ExitCode::from(2);
-            }
-            if args.workers == 0 {
-                let listen = args.listen;
-                return worker::run(
-                    args,
-                    worker::ListenerSource::Bind(listen),
-                    worker::Hooks::single(),
-                );
-            }
-            // Checked here, once, rather than in N crash-looping workers.
-            if let Err(e) = hashpress::storage::Backend::open(&args, true) {
-                eprintln!("hashpress: {e}");
-                return ExitCode::from(2);
-            }
-            supervisor::run(args)
-        }
+    hashpress::logging::init(&args.log_level, args.log_format)?;
+    // Checked once, before any worker starts: a bad token file or an
+    // exposed address without one is the operator's to fix now.
+    hashpress::http::auth::check_startup(
+        args.listen,
+        args.admin_listen,
+        args.token_file.as_deref(),
+    )
+    .map_err(StartError::Config)?;
+    if args.workers > 0 && args.admin_listen.is_some() {
+        return Err(StartError::config(
+            "--admin-listen is served in single-process mode only; add --workers 0, or \
+             scrape /metrics on the main listener (any worker answers with the totals of all)",
+        ));
     }
+    if args.workers == 0 {
+        let listen = args.listen;
+        return worker::run(
+            args,
+            worker::ListenerSource::Bind(listen),
+            worker::Hooks::single(),
+        );
+    }
+    // Checked here, once, rather than in N crash-looping workers.
+    hashpress::storage::Backend::open(&args, true).map_err(StartError::Config)?;
+    supervisor::run(args)
 }

@@ -7,6 +7,8 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
+use crate::start_error::StartError;
+
 /// First descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const SD_LISTEN_FDS_START: RawFd = 3;
 
@@ -19,19 +21,21 @@ pub enum Origin {
 
 /// The socket systemd passed us when `LISTEN_PID` names this process and
 /// `LISTEN_FDS` is at least 1, else a fresh one bound to `addr`.
-pub fn acquire(addr: SocketAddr) -> Result<(TcpListener, Origin), String> {
+pub fn acquire(addr: SocketAddr) -> Result<(TcpListener, Origin), StartError> {
     if let Some(fd) = systemd_fd()? {
         // SAFETY: systemd handed this descriptor to us and nothing else owns it.
-        let listener = unsafe { inherit(fd) }
-            .map_err(|e| format!("socket from systemd (fd {fd}) unusable: {e}"))?;
+        let listener = unsafe { inherit(fd) }.map_err(|e| {
+            StartError::system(format!("socket from systemd (fd {fd}) unusable"), e)
+        })?;
         return Ok((listener, Origin::SystemdActivation));
     }
-    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| StartError::system(format!("cannot listen on {addr}"), e))?;
     Ok((listener, Origin::Bound))
 }
 
 /// `Some(3)` when socket activation applies to this process.
-fn systemd_fd() -> Result<Option<RawFd>, String> {
+fn systemd_fd() -> Result<Option<RawFd>, StartError> {
     let (Some(pid), Some(fds)) = (
         std::env::var_os("LISTEN_PID"),
         std::env::var_os("LISTEN_FDS"),
@@ -45,7 +49,7 @@ fn systemd_fd() -> Result<Option<RawFd>, String> {
     let n: i32 = fds
         .to_str()
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("LISTEN_FDS={fds:?} is not a number"))?;
+        .ok_or_else(|| StartError::config(format!("LISTEN_FDS={fds:?} is not a number")))?;
     match n {
         0 => Ok(None),
         1 => Ok(Some(SD_LISTEN_FDS_START)),

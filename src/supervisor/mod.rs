@@ -24,7 +24,6 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -33,19 +32,14 @@ use tokio::time::Instant;
 
 use crate::config::ServeArgs;
 use crate::metrics::Region;
+use crate::start_error::StartError;
 use notify::Notifier;
 use state::{Action, Config, Event, Notice, Phase, Signal, SpawnRef, State};
 use worker::WorkerEvent;
 
 /// Runs the supervisor until every worker has stopped. Logging is set up.
-pub fn run(args: ServeArgs) -> ExitCode {
-    let (listener, origin) = match listener::acquire(args.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("hashpress: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+pub fn run(args: ServeArgs) -> Result<(), StartError> {
+    let (listener, origin) = listener::acquire(args.listen)?;
     // Decided now, while argv[0] and the start directory mean what they did
     // when we were started.
     let reload_exe = match exe::reload_path(args.reload_exe.as_deref()) {
@@ -57,8 +51,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 p
             }
             Err(e2) => {
-                eprintln!("hashpress: {e}; and cannot read /proc/self/exe: {e2}");
-                return ExitCode::from(2);
+                return Err(StartError::config(format!(
+                    "{e}; and cannot read /proc/self/exe: {e2}"
+                )));
             }
         },
     };
@@ -73,23 +68,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
     );
     // One thread: the parent-death signal of every worker is tied to the
     // thread that forked it, so that thread must live as long as we do.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("hashpress: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let metrics = match Region::create() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("hashpress: cannot create the shared metrics region: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(|e| StartError::system("cannot start the runtime", e))?;
+    let metrics = Region::create()
+        .map_err(|e| StartError::system("cannot create the shared metrics region", e))?;
     metrics.set_supervisor_pid(std::process::id());
     metrics.set_own_build(&crate::build_info::Build::own());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -139,16 +123,20 @@ struct Executor {
 }
 
 impl Executor {
-    async fn run(mut self, mut events: mpsc::UnboundedReceiver<WorkerEvent>) -> ExitCode {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut quit)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-            signal(SignalKind::quit()),
-        ) else {
-            eprintln!("hashpress: cannot install signal handlers");
-            return ExitCode::FAILURE;
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<WorkerEvent>,
+    ) -> Result<(), StartError> {
+        let installed = || -> std::io::Result<_> {
+            Ok((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+                signal(SignalKind::quit())?,
+            ))
         };
+        let (mut term, mut int, mut hup, mut quit) =
+            installed().map_err(|e| StartError::system("cannot install signal handlers", e))?;
         self.apply(Event::Start);
         while self.state.phase() != Phase::Stopped {
             let wake = self.state.next_deadline().map_or_else(
@@ -176,7 +164,7 @@ impl Executor {
             forks = self.forks,
             "all workers stopped; supervisor exiting"
         );
-        ExitCode::SUCCESS
+        Ok(())
     }
 
     /// Hands `event` to the state and performs the actions, feeding their

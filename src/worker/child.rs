@@ -5,12 +5,12 @@
 
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::build_info::Build;
 use crate::config::{LogFormat, ServeArgs};
 use crate::metrics::Region;
+use crate::start_error::StartError;
 use crate::supervisor::listener;
 use crate::supervisor::worker::{
     ENV_LISTEN_FD, ENV_LOG_JSON, ENV_METRICS_FD, ENV_METRICS_SLOT, ENV_READY_FD, ENV_WORKER,
@@ -29,53 +29,32 @@ pub fn worker_id() -> Option<usize> {
     std::env::var(ENV_WORKER).ok()?.parse().ok()
 }
 
-fn env_fd(name: &str) -> Result<RawFd, String> {
+fn env_fd(name: &str) -> Result<RawFd, StartError> {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|fd: &RawFd| *fd > 2)
-        .ok_or_else(|| format!("{name} is missing or not a descriptor number"))
+        .ok_or_else(|| StartError::config(format!("{name} is missing or not a descriptor number")))
 }
 
-/// Runs worker `id` until it has drained.
-pub fn run(args: ServeArgs, id: usize) -> ExitCode {
+/// Runs worker `id` until it has drained. Its errors reach the supervisor's
+/// log through its stderr, tagged with `id`.
+pub fn run(args: ServeArgs, id: usize) -> Result<(), StartError> {
     let format = match (args.log_format, std::env::var(ENV_LOG_JSON).as_deref()) {
         (LogFormat::Auto, Ok("1")) => LogFormat::Json,
         (LogFormat::Auto, Ok(_)) => LogFormat::Human,
         (f, _) => f,
     };
-    if let Err(e) = crate::logging::init(&args.log_level, format) {
-        eprintln!("hashpress worker {id}: {e}");
-        return ExitCode::from(2);
-    }
-    let (listen_fd, ready_fd) = match (env_fd(ENV_LISTEN_FD), env_fd(ENV_READY_FD)) {
-        (Ok(l), Ok(r)) => (l, r),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("hashpress worker {id}: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    crate::logging::init(&args.log_level, format)?;
+    let (listen_fd, ready_fd) = (env_fd(ENV_LISTEN_FD)?, env_fd(ENV_READY_FD)?);
     // SAFETY: the supervisor passed these descriptors to us alone.
     let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };
-    if let Err(e) = listener::set_cloexec(ready_fd, true) {
-        eprintln!("hashpress worker {id}: readiness pipe: {e}");
-        return ExitCode::from(2);
-    }
+    listener::set_cloexec(ready_fd, true)
+        .map_err(|e| StartError::system(format!("worker {id}: readiness pipe"), e))?;
     // SAFETY: as above.
-    let std_listener = match unsafe { listener::inherit(listen_fd) } {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("hashpress worker {id}: inherited socket: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let metrics = match inherit_metrics() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("hashpress worker {id}: metrics region: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let std_listener = unsafe { listener::inherit(listen_fd) }
+        .map_err(|e| StartError::system(format!("worker {id}: inherited socket"), e))?;
+    let metrics = inherit_metrics()?;
     // Our release, from us: the supervisor only knows which path it ran,
     // and the file there may have changed since.
     let build = Build::own();
@@ -98,19 +77,22 @@ pub fn run(args: ServeArgs, id: usize) -> ExitCode {
         role: Role::Worker { metrics, on_ready },
         drain_linger: DRAIN_LINGER,
     };
-    let code = super::run(args, ListenerSource::Inherited(std_listener), hooks);
+    super::run(args, ListenerSource::Inherited(std_listener), hooks)?;
     tracing::info!("worker drained; exiting");
-    code
+    Ok(())
 }
 
-fn inherit_metrics() -> Result<(&'static Region, usize), String> {
+fn inherit_metrics() -> Result<(&'static Region, usize), StartError> {
     let fd = env_fd(ENV_METRICS_FD)?;
     let slot: usize = std::env::var(ENV_METRICS_SLOT)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&s| s < crate::metrics::region::MAX_SLOTS)
-        .ok_or_else(|| format!("{ENV_METRICS_SLOT} is missing or out of range"))?;
+        .ok_or_else(|| {
+            StartError::config(format!("{ENV_METRICS_SLOT} is missing or out of range"))
+        })?;
     // SAFETY: the supervisor passed this descriptor to us alone.
-    let region = unsafe { Region::inherit(fd) }.map_err(|e| e.to_string())?;
+    let region = unsafe { Region::inherit(fd) }
+        .map_err(|e| StartError::system("inherited metrics region", e))?;
     Ok((region, slot))
 }

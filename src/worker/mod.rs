@@ -7,12 +7,12 @@
 pub mod child;
 
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::accept_gate::AcceptGate;
 use crate::config::ServeArgs;
@@ -23,6 +23,7 @@ use crate::http::{AppState, Inner, admin_app, app};
 use crate::metrics::Region;
 use crate::server::{self, KeepAlive, ServerOptions};
 use crate::shutdown::{self, ShutdownTrigger};
+use crate::start_error::StartError;
 use crate::storage::Backend;
 
 /// Where the listening socket comes from.
@@ -72,26 +73,15 @@ impl Hooks {
 }
 
 /// Serves until the role's signals say stop and the drain is over.
-pub fn run(args: ServeArgs, source: ListenerSource, hooks: Hooks) -> ExitCode {
+pub fn run(args: ServeArgs, source: ListenerSource, hooks: Hooks) -> Result<(), StartError> {
     let single = matches!(hooks.role, Role::Single);
     // A single process checks that the store answers; a worker started while
     // it is briefly down must not crash-loop (its supervisor checked), and
     // answers 502 until it is back.
-    let root = match Backend::open(&args, single) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("hashpress: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match io_runtime(args.effective_io_threads()) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("hashpress: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = runtime.block_on(async move {
+    let root = Backend::open(&args, single).map_err(StartError::Config)?;
+    let runtime = io_runtime(args.effective_io_threads())
+        .map_err(|e| StartError::system("cannot start the runtime", e))?;
+    let served = runtime.block_on(async move {
         let listener = match source {
             ListenerSource::Bind(addr) => TcpListener::bind(addr).await,
             // Non-blocking is a property of the shared open socket: every
@@ -99,24 +89,16 @@ pub fn run(args: ServeArgs, source: ListenerSource, hooks: Hooks) -> ExitCode {
             ListenerSource::Inherited(l) => l
                 .set_nonblocking(true)
                 .and_then(|()| TcpListener::from_std(l)),
-        };
-        let listener = match listener {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("hashpress: cannot listen on {}: {e}", args.listen);
-                return ExitCode::FAILURE;
-            }
-        };
+        }
+        .map_err(|e| StartError::system(format!("cannot listen on {}", args.listen), e))?;
         let admin_listener = match args.admin_listen {
-            Some(addr) => match TcpListener::bind(addr).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    eprintln!("hashpress: cannot listen on --admin-listen {addr}: {e}");
-                    return ExitCode::from(2);
-                }
-            },
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                StartError::config(format!("cannot listen on --admin-listen {addr}: {e}"))
+            })?),
             None => None,
         };
+        let signals = StopSignals::install(single)
+            .map_err(|e| StartError::system("cannot install signal handlers", e))?;
         if single {
             let addr = listener.local_addr().map_or(args.listen, |a| a);
             tracing::info!(
@@ -130,17 +112,16 @@ pub fn run(args: ServeArgs, source: ListenerSource, hooks: Hooks) -> ExitCode {
             );
         }
         let (trigger, shutdown) = shutdown::channel();
-        let hurry = tokio::spawn(signals(single, trigger));
+        let hurry = tokio::spawn(signals.run(trigger));
         tokio::select! {
-            () = serve(args, listener, admin_listener, root, shutdown, hooks) => {}
+            r = serve(args, listener, admin_listener, root, shutdown, hooks) => r,
             // A second signal (single) or SIGQUIT (worker): skip the rest of the drain.
-            _ = hurry => {}
+            _ = hurry => Ok(()),
         }
-        ExitCode::SUCCESS
     });
     // Pool threads may still be busy with a request cut short; they die with us.
     runtime.shutdown_background();
-    code
+    served
 }
 
 /// The runtime that serves HTTP, with `threads` I/O threads (see
@@ -175,7 +156,7 @@ async fn serve(
     root: Backend,
     shutdown: shutdown::Shutdown,
     hooks: Hooks,
-) {
+) -> Result<(), StartError> {
     // A worker records into the slot its supervisor gave it, and gates its
     // accepts by its peers' connections; a single process makes a region of
     // its own.
@@ -186,30 +167,21 @@ async fn serve(
     let gate = metrics_slot.map(|(region, slot)| AcceptGate::new(region, slot));
     let (region, slot) = match metrics_slot {
         Some(m) => m,
-        None => match own_region() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create the metrics region");
-                return;
-            }
-        },
-    };
-    let tokens = match args.token_file.as_deref().map(Tokens::load).transpose() {
-        Ok(t) => t.map(Arc::new),
-        Err(e) => {
-            // Checked at start already; the file changed since.
-            tracing::error!(error = %e, "cannot read --token-file");
-            return;
+        None => {
+            own_region().map_err(|e| StartError::system("cannot create the metrics region", e))?
         }
     };
+    // A worker reads the file as it starts: what a reload re-reads.
+    let tokens = args
+        .token_file
+        .as_deref()
+        .map(Tokens::load)
+        .transpose()
+        .map_err(StartError::Config)?
+        .map(Arc::new);
     let metrics = region.slot(slot);
-    let crate::storage::Served { storage, dir } = match root.into_storage(metrics) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the storage");
-            return;
-        }
-    };
+    let crate::storage::Served { storage, dir } =
+        root.into_storage(metrics).map_err(StartError::Config)?;
     let pool = CpuPool::new(
         PoolLimits {
             threads: args.effective_pool_threads(),
@@ -282,44 +254,68 @@ async fn serve(
     }
     // Requests cut at the end of the drain may have left uploads to abort.
     storage.close().await;
+    Ok(())
 }
 
-/// The role's stop signals. The first SIGTERM/SIGINT fires `trigger`;
-/// returns when the process should exit without finishing the drain: a
-/// second SIGTERM/SIGINT in a single process, SIGQUIT in a worker.
-async fn signals(single: bool, trigger: ShutdownTrigger) {
-    use tokio::signal::unix::{SignalKind, signal};
-    // A single process leaves SIGQUIT at its default (a core dump).
-    let quit = (!single).then(|| signal(SignalKind::quit()));
-    let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        quit.transpose(),
-    ) else {
-        tracing::error!("cannot install signal handlers; exiting");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
-            () = recv_if_some(&mut quit) => {
-                tracing::warn!("SIGQUIT: exiting without draining");
+/// The role's stop signals, installed before serving so that a failure is
+/// a start-up error.
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+    /// A worker's "exit now"; a single process leaves SIGQUIT at its
+    /// default (a core dump).
+    quit: Option<Signal>,
+    single: bool,
+}
+
+impl StopSignals {
+    fn install(single: bool) -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: if single {
+                None
+            } else {
+                Some(signal(SignalKind::quit())?)
+            },
+            single,
+        })
+    }
+
+    /// The first SIGTERM/SIGINT fires `trigger`; returns when the process
+    /// should exit without finishing the drain: a second SIGTERM/SIGINT in
+    /// a single process, SIGQUIT in a worker.
+    async fn run(mut self, trigger: ShutdownTrigger) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = self.int.recv() => tracing::info!("SIGINT: draining"),
+                () = recv_if_some(&mut self.quit) => {
+                    tracing::warn!("SIGQUIT: exiting without draining");
+                    return;
+                }
+            }
+            let already = trigger.subscribe().is_shutdown();
+            trigger.trigger();
+            if already && self.single {
+                tracing::warn!("second signal: exiting without waiting for the drain");
                 return;
             }
         }
-        let already = trigger.subscribe().is_shutdown();
-        trigger.trigger();
-        if already && single {
-            tracing::warn!("second signal: exiting without waiting for the drain");
-            return;
+    }
+}
+
+async fn recv_if_some(signal: &mut Option<Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
         }
+        None => std::future::pending().await,
     }
 }
 
 /// SIGHUP re-reads `--token-file` (and is harmless without one).
 async fn reload_on_sighup(tokens: Option<Arc<Tokens>>) {
-    use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
@@ -333,14 +329,5 @@ async fn reload_on_sighup(tokens: Option<Arc<Tokens>>) {
                 Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous tokens"),
             },
         }
-    }
-}
-
-async fn recv_if_some(signal: &mut Option<tokio::signal::unix::Signal>) {
-    match signal {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
     }
 }
