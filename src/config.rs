@@ -10,10 +10,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::cpu_pool::PoolLimits;
 use crate::start_error::StartError;
 use crate::storage::RootArg;
 
@@ -375,32 +377,192 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
+/// What is served: the directory or bucket, and how to reach a store.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// `--root`.
+    pub root: RootArg,
+    /// `--s3-endpoint`, `--s3-region`, `--s3-retries`, `--s3-deadline`.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_retries: usize,
+    pub s3_deadline: Duration,
+}
+
+/// What the handlers read, shared by every request of a process.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// `--allow-write`.
+    pub allow_write: bool,
+    /// `--max-body`.
+    pub max_body: Limit,
+    /// `--body-read-timeout`.
+    pub body_read_timeout: Duration,
+    /// `--digest-cache`, in bytes; 0 = off.
+    pub digest_cache: u64,
+    /// `--access-log`: one line per request.
+    pub access_log: bool,
+    /// `--metrics`: false skips request recording (to measure its cost).
+    pub record_metrics: bool,
+    /// I/O threads of this process (`--io-threads` resolved): reported in `/metrics`.
+    pub io_threads: usize,
+}
+
+/// How long a connection is kept alive (as nginx's `keepalive_*`).
+#[derive(Clone, Copy, Debug)]
+pub struct KeepAlive {
+    /// Answers per connection; the last carries `Connection: close`. 0 = no limit.
+    pub requests: u64,
+    /// Age past which answers carry `Connection: close`. Zero = no limit.
+    pub time: Duration,
+    /// Time an idle connection has for its next request (head included).
+    /// Zero turns keep-alive off.
+    pub timeout: Duration,
+}
+
+/// Connection-level limits and timings.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Time a client has to send its first request head (`--header-read-timeout`).
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes (`--max-header-bytes`), request line
+    /// and final blank line included; hyper answers 431 past it.
+    pub max_header_bytes: usize,
+    /// Connections served at once (`--max-connections`); more wait in the backlog.
+    pub max_connections: usize,
+    /// How long the drain may take after shutdown begins (`--grace`).
+    pub grace: Duration,
+    /// `--keepalive-requests`, `--keepalive-time`, `--keepalive-timeout`.
+    pub keep_alive: KeepAlive,
+}
+
+/// The supervisor's own settings (cluster mode).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `--ready-timeout`.
+    pub ready_timeout: Duration,
+    /// `--reload-exe`.
+    pub reload_exe: Option<PathBuf>,
+    /// `--max-worker-rss`.
+    pub max_worker_rss: Option<u64>,
+}
+
+/// `hashpress serve`, resolved once by `ServeArgs::resolve`: every "0 =
+/// automatic" applied, every cross-flag check passed. Sections read by many
+/// parts are shared (`Arc`), not copied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--listen`.
+    pub listen: SocketAddr,
+    /// `--workers`: 0 = serve in this one process.
+    pub workers: usize,
+    /// `--log-level`, `--log-format`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub storage: Arc<StorageConfig>,
+    pub api: Arc<ApiConfig>,
+    /// The CPU pool of each serving process (threads and queue resolved).
+    pub pool: PoolLimits,
+    pub connections: ConnectionLimits,
+    /// `--token-file`: checked readable at resolve time.
+    pub token_file: Option<PathBuf>,
+    /// `--admin-listen` (single process only).
+    pub admin_listen: Option<SocketAddr>,
+    pub cluster: ClusterConfig,
+}
+
+impl Config {
+    /// What is reachable beyond this machine without a token: for the log,
+    /// once it is set up.
+    pub fn exposure_warnings(&self) -> Vec<String> {
+        crate::http::auth::exposure_warnings(
+            self.listen,
+            self.admin_listen,
+            self.token_file.is_some(),
+        )
+    }
+}
+
 impl ServeArgs {
-    /// I/O threads of this process after applying "0 = automatic" (see `--io-threads`).
-    pub fn effective_io_threads(&self) -> usize {
-        if self.io_threads > 0 {
-            return self.io_threads;
-        }
+    /// Checks the flags together and resolves them into the `Config` every
+    /// part of the server reads. The only place defaults that depend on the
+    /// machine or on other flags are computed.
+    pub fn resolve(self) -> Result<Config, StartError> {
+        self.validate()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / self.workers.max(1)).max(1)
+        // In cluster mode the workers together get one I/O thread per core.
+        let io_threads = match self.io_threads {
+            0 => (cores / self.workers.max(1)).max(1),
+            n => n,
+        };
+        let pool_threads = match self.pool_threads {
+            0 => cores,
+            n => n,
+        };
+        let pool_queue = match self.pool_queue {
+            0 => 1024 * pool_threads,
+            n => n,
+        };
+        Ok(Config {
+            listen: self.listen,
+            workers: self.workers,
+            log_level: self.log_level,
+            log_format: self.log_format,
+            storage: Arc::new(StorageConfig {
+                root: self.root,
+                s3_endpoint: self.s3_endpoint,
+                s3_region: self.s3_region,
+                s3_retries: self.s3_retries,
+                s3_deadline: self.s3_deadline,
+            }),
+            api: Arc::new(ApiConfig {
+                allow_write: self.allow_write,
+                max_body: self.max_body,
+                body_read_timeout: self.body_read_timeout,
+                digest_cache: self.digest_cache,
+                access_log: self.access_log,
+                record_metrics: self.metrics,
+                io_threads,
+            }),
+            pool: PoolLimits {
+                threads: pool_threads,
+                queue: pool_queue,
+                max_wait: self.max_queue_wait,
+            },
+            connections: ConnectionLimits {
+                header_read_timeout: self.header_read_timeout,
+                max_header_bytes: self.max_header_bytes.min(usize::MAX as u64) as usize,
+                max_connections: self.max_connections,
+                grace: self.grace,
+                keep_alive: KeepAlive {
+                    requests: self.keepalive_requests,
+                    time: self.keepalive_time,
+                    timeout: self.keepalive_timeout,
+                },
+            },
+            token_file: self.token_file,
+            admin_listen: self.admin_listen,
+            cluster: ClusterConfig {
+                ready_timeout: self.ready_timeout,
+                reload_exe: self.reload_exe,
+                max_worker_rss: self.max_worker_rss.get(),
+            },
+        })
     }
 
-    /// Pool threads after applying "0 = one per core".
-    pub fn effective_pool_threads(&self) -> usize {
-        if self.pool_threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            self.pool_threads
+    /// Every check that involves more than one flag, or a file a flag names.
+    fn validate(&self) -> Result<(), StartError> {
+        if self.workers > 0 && self.admin_listen.is_some() {
+            return Err(StartError::config(
+                "--admin-listen is served in single-process mode only; add --workers 0, or \
+                 scrape /metrics on the main listener (any worker answers with the totals of all)",
+            ));
         }
-    }
-
-    /// Pool queue after applying "0 = 1024 per thread".
-    pub fn effective_pool_queue(&self) -> usize {
-        if self.pool_queue == 0 {
-            1024 * self.effective_pool_threads()
-        } else {
-            self.pool_queue
+        // A bad token file is the operator's to fix now, not in N workers.
+        if let Some(path) = &self.token_file {
+            crate::http::auth::Tokens::load(path).map_err(StartError::Config)?;
         }
+        Ok(())
     }
 }
 
@@ -567,6 +729,40 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    fn serve_args(flags: &[&str]) -> ServeArgs {
+        let argv = ["hashpress", "serve"].iter().chain(flags);
+        match Cli::try_parse_from(argv).expect("valid flags").command {
+            Command::Serve(args) => *args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn resolve_applies_the_automatic_defaults_once() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let c = serve_args(&["--workers", "0"]).resolve().unwrap();
+        assert_eq!(c.api.io_threads, cores);
+        assert_eq!(c.pool.threads, cores);
+        assert_eq!(c.pool.queue, 1024 * cores);
+        let c = serve_args(&["--workers", "2", "--pool-threads", "3"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.api.io_threads, (cores / 2).max(1));
+        assert_eq!(c.pool.queue, 3 * 1024);
+    }
+
+    #[test]
+    fn validate_refuses_flags_that_do_not_go_together() {
+        let e = serve_args(&["--workers", "2", "--admin-listen", "127.0.0.1:0"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("--admin-listen"), "{e}");
+        let e = serve_args(&["--token-file", "/nonexistent/tokens"])
+            .resolve()
+            .unwrap_err();
+        assert!(matches!(e, StartError::Config(_)), "{e}");
     }
 
     #[test]

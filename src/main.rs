@@ -28,34 +28,24 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> Result<(), StartError> {
+    let config = args.resolve()?;
     // Started by a supervisor: the worker role, whatever --workers says.
     if let Some(id) = worker::child::worker_id() {
-        return worker::child::run(args, id);
+        return worker::child::run(config, id);
     }
-    hashpress::logging::init(&args.log_level, args.log_format)?;
-    // Checked once, before any worker starts: a bad token file or an
-    // exposed address without one is the operator's to fix now.
-    hashpress::http::auth::check_startup(
-        args.listen,
-        args.admin_listen,
-        args.token_file.as_deref(),
-    )
-    .map_err(StartError::Config)?;
-    if args.workers > 0 && args.admin_listen.is_some() {
-        return Err(StartError::config(
-            "--admin-listen is served in single-process mode only; add --workers 0, or \
-             scrape /metrics on the main listener (any worker answers with the totals of all)",
-        ));
+    hashpress::logging::init(&config.log_level, config.log_format)?;
+    for warning in config.exposure_warnings() {
+        tracing::warn!("{warning}");
     }
-    if args.workers == 0 {
-        let listen = args.listen;
+    if config.workers == 0 {
+        let listen = config.listen;
         return worker::run(
-            args,
+            config,
             worker::ListenerSource::Bind(listen),
             worker::Hooks::single(),
         );
     }
     // Checked here, once, rather than in N crash-looping workers.
-    hashpress::storage::Backend::open(&args, true).map_err(StartError::Config)?;
-    supervisor::run(args)
+    hashpress::storage::Backend::open(&config.storage, true).map_err(StartError::Config)?;
+    supervisor::run(config)
 }

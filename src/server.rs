@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::accept_gate::AcceptGate;
+use crate::config::{ConnectionLimits, KeepAlive};
 use crate::http::{Answer, App, ConnFacts};
 use hyper::rt::{Sleep, Timer};
 use hyper::server::conn::http1;
@@ -18,37 +19,16 @@ use tokio::sync::Semaphore;
 
 use crate::shutdown::Shutdown;
 
-/// How long a connection is kept alive (as nginx's `keepalive_*`).
-#[derive(Clone, Copy, Debug)]
-pub struct KeepAlive {
-    /// Answers per connection; the last carries `Connection: close`. 0 = no limit.
-    pub requests: u64,
-    /// Age past which answers carry `Connection: close`. Zero = no limit.
-    pub time: Duration,
-    /// Time an idle connection has for its next request (head included).
-    /// Zero turns keep-alive off.
-    pub timeout: Duration,
-}
-
-/// Connection-level limits and timings.
+/// How this server runs its connections.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Time a client has to send its first request head (`--header-read-timeout`).
-    pub header_read_timeout: Duration,
-    /// Largest request head in bytes (`--max-header-bytes`), request line
-    /// and final blank line included; hyper answers 431 past it.
-    pub max_header_bytes: usize,
-    /// Connections served at once (`--max-connections`); more wait in the backlog.
-    pub max_connections: usize,
-    /// How long the drain may take after shutdown begins (`--grace`).
-    pub grace: Duration,
+    /// Limits and timings from the configuration.
+    pub limits: ConnectionLimits,
     /// How long idle keep-alive connections stay open once the drain begins,
     /// so that a request already on its way is answered (with
     /// `Connection: close`) rather than met by a closed socket. Zero closes
     /// them at once (single process: nobody else will serve the client).
     pub drain_linger: Duration,
-    /// `--keepalive-requests`, `--keepalive-time`, `--keepalive-timeout`.
-    pub keep_alive: KeepAlive,
     /// Cluster mode: pauses accepts while this worker holds more than its
     /// share of the connections.
     pub gate: Option<AcceptGate>,
@@ -58,8 +38,9 @@ pub struct ServerOptions {
 /// stops accepting, lets in-flight requests finish for up to `grace`, and
 /// returns. The app's draining flag is raised as soon as the drain starts.
 pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutdown: Shutdown) {
+    let limits = opts.limits;
     let graceful = GracefulShutdown::new();
-    let max_connections = opts
+    let max_connections = limits
         .max_connections
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -92,23 +73,23 @@ pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutd
         };
         let _ = stream.set_nodelay(true);
         metrics.connection_opened();
-        let service = Connection::new(app.clone(), opts.keep_alive);
+        let service = Connection::new(app.clone(), limits.keep_alive);
         let mut builder = http1::Builder::new();
         builder
             .timer(HeadTimer::new(
-                opts.header_read_timeout,
-                opts.keep_alive.timeout,
+                limits.header_read_timeout,
+                limits.keep_alive.timeout,
             ))
-            .header_read_timeout(opts.header_read_timeout)
+            .header_read_timeout(limits.header_read_timeout)
             // The exact head limit. The read buffer's cap alone lets heads
             // through well past it: a read fills all the spare capacity of
             // the buffer, which may exceed the cap, and a head that is
             // complete in the buffer is then accepted whatever its size.
             // hyper writes that 431 itself, with an empty body: it offers no
             // hook to shape the answer to a head it refused to parse.
-            .max_header_size(opts.max_header_bytes)
-            .max_buf_size(opts.max_header_bytes.max(8192))
-            .keep_alive(!opts.keep_alive.timeout.is_zero());
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .keep_alive(!limits.keep_alive.timeout.is_zero());
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -132,16 +113,16 @@ pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutd
     // supervisor and the other workers, so queued connections go to them.)
     drop(listener);
     tracing::info!(
-        grace_ms = opts.grace.as_millis() as u64,
+        grace_ms = limits.grace.as_millis() as u64,
         "draining in-flight requests"
     );
-    let deadline = tokio::time::Instant::now() + opts.grace;
+    let deadline = tokio::time::Instant::now() + limits.grace;
     if !opts.drain_linger.is_zero() {
         // Every permit back means every connection has closed by itself.
         let all_closed = slots.acquire_many(max_connections as u32);
         tokio::select! {
             _ = all_closed => {}
-            _ = tokio::time::sleep(opts.drain_linger.min(opts.grace)) => {}
+            _ = tokio::time::sleep(opts.drain_linger.min(limits.grace)) => {}
         }
     }
     tokio::select! {

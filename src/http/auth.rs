@@ -121,22 +121,6 @@ fn read_token_file(path: &Path) -> Result<Vec<[u8; 32]>, String> {
     Ok(digests)
 }
 
-/// Start-up checks for `serve`: the token file must load (the caller exits 2
-/// otherwise), and exposure without protection earns a warning.
-pub fn check_startup(
-    listen: SocketAddr,
-    admin: Option<SocketAddr>,
-    token_file: Option<&Path>,
-) -> Result<(), String> {
-    if let Some(path) = token_file {
-        Tokens::load(path)?;
-    }
-    for w in exposure_warnings(listen, admin, token_file.is_some()) {
-        tracing::warn!("{w}");
-    }
-    Ok(())
-}
-
 /// What is reachable beyond this machine without a token.
 pub fn exposure_warnings(
     listen: SocketAddr,

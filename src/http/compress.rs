@@ -127,7 +127,7 @@ pub async fn compress_body(
     let parallel = query
         .parallel()?
         .unwrap_or(declared.is_some_and(|n| n >= AUTO_PARALLEL_BYTES));
-    let body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
+    let body = BodyReader::new(req, st.config.max_body, st.config.body_read_timeout)?;
     let lane = st.pool.lane();
     if let Some(n) = declared {
         lane.plan(Op::Compress, n)?;
@@ -201,7 +201,7 @@ pub async fn compress_to_file(
     RawQuery(q): RawQuery,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    if !st.allow_write {
+    if !st.config.allow_write {
         return Err(ApiError::WritesDisabled);
     }
     let level = Query::parse(q.as_deref(), &["level"])?.level()?;

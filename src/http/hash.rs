@@ -66,7 +66,7 @@ pub async fn hash_body(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(q.as_deref(), &["alg", "encoding"])?;
     let (algs, enc) = (query.algorithms()?, query.encoding()?);
-    let mut body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
+    let mut body = BodyReader::new(req, st.config.max_body, st.config.body_read_timeout)?;
     let mut hasher = MultiHasher::new(&algs);
     while hasher.bytes() < INLINE_BODY {
         match body.next().await? {

@@ -36,7 +36,7 @@ fn snapshot(st: &AppState) -> Snapshot {
         PoolConfig {
             threads: st.pool.threads() as u64,
             queue_capacity: st.pool.queue_capacity() as u64,
-            io_threads: st.io_threads as u64,
+            io_threads: st.config.io_threads as u64,
         },
     )
 }

@@ -131,7 +131,7 @@ pub async fn check(
         ));
     }
     let dir = dir_of(&path, "check")?;
-    let mut body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
+    let mut body = BodyReader::new(req, st.config.max_body, st.config.body_read_timeout)?;
     let mut text = Vec::new();
     while let Some(chunk) = body.next().await? {
         text.extend_from_slice(&chunk);

@@ -24,7 +24,7 @@ use std::sync::atomic::AtomicBool;
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::config::Limit;
+use crate::config::ApiConfig;
 use crate::cpu_pool::CpuPool;
 use crate::metrics::{Region, Slot};
 use crate::storage::Storage;
@@ -51,18 +51,8 @@ pub struct Inner {
     pub draining: Arc<AtomicBool>,
     /// `--digest-cache`: None when off.
     pub digest_cache: Option<Arc<crate::digest_cache::DigestCache>>,
-    /// `--access-log`: one line per request.
-    pub access_log: bool,
-    /// `--metrics`: false skips request recording (to measure its cost).
-    pub record_metrics: bool,
-    /// `--io-threads`, after "0 = one per core": reported in `/metrics`.
-    pub io_threads: usize,
-    /// `--allow-write`.
-    pub allow_write: bool,
-    /// `--max-body`.
-    pub max_body: Limit,
-    /// `--body-read-timeout`.
-    pub body_read_timeout: std::time::Duration,
+    /// The flags handlers read, shared with the process's `Config`.
+    pub config: Arc<ApiConfig>,
     /// `--token-file` and `--admin-listen`: who may call, where `/metrics` is.
     pub access: auth::Access,
 }
@@ -186,12 +176,15 @@ pub(crate) fn test_state(root: &std::path::Path) -> AppState {
             region,
             draining: Arc::new(AtomicBool::new(false)),
             digest_cache: None,
-            access_log: false,
-            record_metrics: true,
-            io_threads: 1,
-            allow_write: true,
-            max_body: Limit::Unlimited,
-            body_read_timeout: std::time::Duration::from_secs(5),
+            config: Arc::new(ApiConfig {
+                allow_write: true,
+                max_body: crate::config::Limit::Unlimited,
+                body_read_timeout: std::time::Duration::from_secs(5),
+                digest_cache: 0,
+                access_log: false,
+                record_metrics: true,
+                io_threads: 1,
+            }),
             access: auth::Access::default(),
         }),
     }

@@ -103,7 +103,7 @@ impl App {
         let method = req.method().clone();
         let route = Route::classify(req.uri().path());
         // Counted only when logged: the default path allocates nothing here.
-        let bytes_in = st.access_log.then(|| Arc::new(AtomicU64::new(0)));
+        let bytes_in = st.config.access_log.then(|| Arc::new(AtomicU64::new(0)));
         let req = match &bytes_in {
             Some(count) => req.map(|b| access_log::CountIn::wrap(b, count.clone())),
             None => req,
@@ -158,7 +158,7 @@ impl App {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         let status = resp.status().as_u16();
-        if st.record_metrics {
+        if st.config.record_metrics {
             st.metrics
                 .record_request(route, method.as_str(), status, start.elapsed());
         }
@@ -222,16 +222,18 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (trigger, down) = shutdown::channel();
         let opts = ServerOptions {
-            header_read_timeout: Duration::from_secs(5),
-            max_header_bytes: 65536,
-            max_connections: 16,
-            grace: Duration::from_secs(1),
-            drain_linger: Duration::ZERO,
-            keep_alive: server::KeepAlive {
-                requests: 0,
-                time: Duration::ZERO,
-                timeout: Duration::from_secs(5),
+            limits: crate::config::ConnectionLimits {
+                header_read_timeout: Duration::from_secs(5),
+                max_header_bytes: 65536,
+                max_connections: 16,
+                grace: Duration::from_secs(1),
+                keep_alive: crate::config::KeepAlive {
+                    requests: 0,
+                    time: Duration::ZERO,
+                    timeout: Duration::from_secs(5),
+                },
             },
+            drain_linger: Duration::ZERO,
             gate: None,
         };
         let srv = tokio::spawn(server::run(listener, app, opts, down));

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::ServeArgs;
+use crate::config::StorageConfig;
 use crate::metrics::Slot;
 use crate::root::RelPath;
 
@@ -326,7 +326,7 @@ impl Backend {
     /// once at start; workers do not, so that a store that is down for a
     /// moment does not crash-loop them. The error is a sentence for the
     /// operator (exit code 2), free of secrets.
-    pub fn open(args: &ServeArgs, check: bool) -> Result<Backend, String> {
+    pub fn open(args: &StorageConfig, check: bool) -> Result<Backend, String> {
         match &args.root {
             RootArg::Dir(path) => crate::root::Root::open(path)
                 .map(Backend::Local)

@@ -44,7 +44,7 @@ use object_store::{
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{BoxFuture, Identity, Meta, Object, Piece, Storage, StorageError, Upload, Work};
-use crate::config::ServeArgs;
+use crate::config::StorageConfig;
 use crate::metrics::{Slot, StorageOp, StorageOutcome};
 use crate::root::RelPath;
 
@@ -139,7 +139,7 @@ const CREDENTIAL_SOURCES: [AmazonS3ConfigKey; 3] = [
 ];
 
 impl Config {
-    pub fn from_args(location: &Location, args: &ServeArgs) -> Result<Config, String> {
+    pub fn from_args(location: &Location, args: &StorageConfig) -> Result<Config, String> {
         let mut b = AmazonS3Builder::from_env().with_bucket_name(&location.bucket);
         if let Some(endpoint) = &args.s3_endpoint {
             b = b.with_endpoint(endpoint);

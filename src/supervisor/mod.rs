@@ -30,7 +30,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::ServeArgs;
+use crate::config::Config as ServeConfig;
 use crate::metrics::Region;
 use crate::start_error::StartError;
 use notify::Notifier;
@@ -38,11 +38,11 @@ use state::{Action, Config, Event, Notice, Phase, Signal, SpawnRef, State};
 use worker::WorkerEvent;
 
 /// Runs the supervisor until every worker has stopped. Logging is set up.
-pub fn run(args: ServeArgs) -> Result<(), StartError> {
-    let (listener, origin) = listener::acquire(args.listen)?;
+pub fn run(config: ServeConfig) -> Result<(), StartError> {
+    let (listener, origin) = listener::acquire(config.listen)?;
     // Decided now, while argv[0] and the start directory mean what they did
     // when we were started.
-    let reload_exe = match exe::reload_path(args.reload_exe.as_deref()) {
+    let reload_exe = match exe::reload_path(config.cluster.reload_exe.as_deref()) {
         Ok(p) => p,
         // Still serve: reloads then follow an in-place replace only.
         Err(e) => match std::env::current_exe() {
@@ -57,9 +57,9 @@ pub fn run(args: ServeArgs) -> Result<(), StartError> {
             }
         },
     };
-    let addr = listener.local_addr().map_or(args.listen, |a| a);
+    let addr = listener.local_addr().map_or(config.listen, |a| a);
     tracing::info!(
-        workers = args.workers,
+        workers = config.workers,
         socket = ?origin,
         pid = std::process::id(),
         version = crate::build_info::LONG,
@@ -78,10 +78,10 @@ pub fn run(args: ServeArgs) -> Result<(), StartError> {
     metrics.set_own_build(&crate::build_info::Build::own());
     let (tx, rx) = mpsc::unbounded_channel();
     let state = State::new(Config {
-        workers: args.workers,
-        grace: args.grace,
-        ready_timeout: args.ready_timeout,
-        max_rss: args.max_worker_rss.get(),
+        workers: config.workers,
+        grace: config.connections.grace,
+        ready_timeout: config.cluster.ready_timeout,
+        max_rss: config.cluster.max_worker_rss,
         exe: PathBuf::from("/proc/self/exe"),
         reload_exe,
     });
@@ -92,7 +92,7 @@ pub fn run(args: ServeArgs) -> Result<(), StartError> {
             .next()
             .unwrap_or_else(|| "hashpress".into()),
         args: std::env::args_os().skip(1).collect(),
-        json_logs: crate::logging::wants_json(args.log_format),
+        json_logs: crate::logging::wants_json(config.log_format),
         listen_fd: listener.as_raw_fd(),
         listener: Some(listener),
         events: tx,

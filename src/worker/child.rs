@@ -8,7 +8,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::build_info::Build;
-use crate::config::{LogFormat, ServeArgs};
+use crate::config::{Config, LogFormat};
 use crate::metrics::Region;
 use crate::start_error::StartError;
 use crate::supervisor::listener;
@@ -39,13 +39,13 @@ fn env_fd(name: &str) -> Result<RawFd, StartError> {
 
 /// Runs worker `id` until it has drained. Its errors reach the supervisor's
 /// log through its stderr, tagged with `id`.
-pub fn run(args: ServeArgs, id: usize) -> Result<(), StartError> {
-    let format = match (args.log_format, std::env::var(ENV_LOG_JSON).as_deref()) {
+pub fn run(config: Config, id: usize) -> Result<(), StartError> {
+    let format = match (config.log_format, std::env::var(ENV_LOG_JSON).as_deref()) {
         (LogFormat::Auto, Ok("1")) => LogFormat::Json,
         (LogFormat::Auto, Ok(_)) => LogFormat::Human,
         (f, _) => f,
     };
-    crate::logging::init(&args.log_level, format)?;
+    crate::logging::init(&config.log_level, format)?;
     let (listen_fd, ready_fd) = (env_fd(ENV_LISTEN_FD)?, env_fd(ENV_READY_FD)?);
     // SAFETY: the supervisor passed these descriptors to us alone.
     let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };
@@ -77,7 +77,7 @@ pub fn run(args: ServeArgs, id: usize) -> Result<(), StartError> {
         role: Role::Worker { metrics, on_ready },
         drain_linger: DRAIN_LINGER,
     };
-    super::run(args, ListenerSource::Inherited(std_listener), hooks)?;
+    super::run(config, ListenerSource::Inherited(std_listener), hooks)?;
     tracing::info!("worker drained; exiting");
     Ok(())
 }

@@ -15,13 +15,13 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::accept_gate::AcceptGate;
-use crate::config::ServeArgs;
-use crate::cpu_pool::{CpuPool, PoolLimits};
+use crate::config::Config;
+use crate::cpu_pool::CpuPool;
 use crate::digest_cache::DigestCache;
 use crate::http::auth::{Access, Tokens};
 use crate::http::{AppState, Inner, admin_app, app};
 use crate::metrics::Region;
-use crate::server::{self, KeepAlive, ServerOptions};
+use crate::server::{self, ServerOptions};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::start_error::StartError;
 use crate::storage::Backend;
@@ -73,13 +73,13 @@ impl Hooks {
 }
 
 /// Serves until the role's signals say stop and the drain is over.
-pub fn run(args: ServeArgs, source: ListenerSource, hooks: Hooks) -> Result<(), StartError> {
+pub fn run(config: Config, source: ListenerSource, hooks: Hooks) -> Result<(), StartError> {
     let single = matches!(hooks.role, Role::Single);
     // A single process checks that the store answers; a worker started while
     // it is briefly down must not crash-loop (its supervisor checked), and
     // answers 502 until it is back.
-    let root = Backend::open(&args, single).map_err(StartError::Config)?;
-    let runtime = io_runtime(args.effective_io_threads())
+    let root = Backend::open(&config.storage, single).map_err(StartError::Config)?;
+    let runtime = io_runtime(config.api.io_threads)
         .map_err(|e| StartError::system("cannot start the runtime", e))?;
     let served = runtime.block_on(async move {
         let listener = match source {
@@ -90,8 +90,8 @@ pub fn run(args: ServeArgs, source: ListenerSource, hooks: Hooks) -> Result<(), 
                 .set_nonblocking(true)
                 .and_then(|()| TcpListener::from_std(l)),
         }
-        .map_err(|e| StartError::system(format!("cannot listen on {}", args.listen), e))?;
-        let admin_listener = match args.admin_listen {
+        .map_err(|e| StartError::system(format!("cannot listen on {}", config.listen), e))?;
+        let admin_listener = match config.admin_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
                 StartError::config(format!("cannot listen on --admin-listen {addr}: {e}"))
             })?),
@@ -100,21 +100,21 @@ pub fn run(args: ServeArgs, source: ListenerSource, hooks: Hooks) -> Result<(), 
         let signals = StopSignals::install(single)
             .map_err(|e| StartError::system("cannot install signal handlers", e))?;
         if single {
-            let addr = listener.local_addr().map_or(args.listen, |a| a);
+            let addr = listener.local_addr().map_or(config.listen, |a| a);
             tracing::info!(
-                root = %args.root,
-                io_threads = args.effective_io_threads(),
-                pool_threads = args.effective_pool_threads(),
-                pool_queue = args.effective_pool_queue(),
-                max_queue_wait_ms = args.max_queue_wait.as_millis() as u64,
-                allow_write = args.allow_write,
+                root = %config.storage.root,
+                io_threads = config.api.io_threads,
+                pool_threads = config.pool.threads,
+                pool_queue = config.pool.queue,
+                max_queue_wait_ms = config.pool.max_wait.as_millis() as u64,
+                allow_write = config.api.allow_write,
                 "listening on http://{addr}"
             );
         }
         let (trigger, shutdown) = shutdown::channel();
         let hurry = tokio::spawn(signals.run(trigger));
         tokio::select! {
-            r = serve(args, listener, admin_listener, root, shutdown, hooks) => r,
+            r = serve(config, listener, admin_listener, root, shutdown, hooks) => r,
             // A second signal (single) or SIGQUIT (worker): skip the rest of the drain.
             _ = hurry => Ok(()),
         }
@@ -150,7 +150,7 @@ fn own_region() -> std::io::Result<(&'static Region, usize)> {
 
 /// Builds the state and serves until `shutdown` fires, then drains.
 async fn serve(
-    args: ServeArgs,
+    config: Config,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     root: Backend,
@@ -172,7 +172,7 @@ async fn serve(
         }
     };
     // A worker reads the file as it starts: what a reload re-reads.
-    let tokens = args
+    let tokens = config
         .token_file
         .as_deref()
         .map(Tokens::load)
@@ -182,14 +182,7 @@ async fn serve(
     let metrics = region.slot(slot);
     let crate::storage::Served { storage, dir } =
         root.into_storage(metrics).map_err(StartError::Config)?;
-    let pool = CpuPool::new(
-        PoolLimits {
-            threads: args.effective_pool_threads(),
-            queue: args.effective_pool_queue(),
-            max_wait: args.max_queue_wait,
-        },
-        metrics,
-    );
+    let pool = CpuPool::new(config.pool, metrics);
     let state = AppState {
         inner: Arc::new(Inner {
             storage: Arc::clone(&storage),
@@ -198,14 +191,9 @@ async fn serve(
             metrics,
             region,
             draining: Arc::new(AtomicBool::new(false)),
-            digest_cache: (args.digest_cache > 0)
-                .then(|| Arc::new(DigestCache::new(args.digest_cache))),
-            allow_write: args.allow_write,
-            io_threads: args.effective_io_threads(),
-            access_log: args.access_log,
-            record_metrics: args.metrics,
-            max_body: args.max_body,
-            body_read_timeout: args.body_read_timeout,
+            digest_cache: (config.api.digest_cache > 0)
+                .then(|| Arc::new(DigestCache::new(config.api.digest_cache))),
+            config: Arc::clone(&config.api),
             access: Access {
                 tokens: tokens.clone(),
                 metrics_on_admin: admin_listener.is_some(),
@@ -213,16 +201,8 @@ async fn serve(
         }),
     };
     let opts = ServerOptions {
-        header_read_timeout: args.header_read_timeout,
-        max_header_bytes: args.max_header_bytes.min(usize::MAX as u64) as usize,
-        max_connections: args.max_connections,
-        grace: args.grace,
+        limits: config.connections,
         drain_linger: hooks.drain_linger,
-        keep_alive: KeepAlive {
-            requests: args.keepalive_requests,
-            time: args.keepalive_time,
-            timeout: args.keepalive_timeout,
-        },
         gate: None,
     };
     if gate.is_none() {
