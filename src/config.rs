@@ -701,8 +701,8 @@ pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), StartError> 
         };
         let var = format!("HASHPRESS_{}", flag.replace('-', "_").to_ascii_uppercase());
         if std::env::var_os(&var).is_none() {
-            // SAFETY: called from main before the runtime or any thread starts.
-            unsafe { std::env::set_var(var, value) };
+            // Called from main before the runtime or any thread starts.
+            crate::sys::set_env_before_threads(&var, &value);
         }
     }
     Ok(())

@@ -564,12 +564,7 @@ const POOL_NICE: i32 = 5;
 /// Lowers the calling thread's priority by `POOL_NICE`. Best effort: a
 /// sandbox that forbids it leaves the thread as it was.
 fn lower_priority() {
-    // SAFETY: gettid and setpriority on this thread's own id; no memory involved.
-    unsafe {
-        let tid = libc::gettid();
-        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + POOL_NICE);
-    }
+    crate::sys::lower_thread_priority(POOL_NICE);
 }
 
 fn worker_loop(sh: &Shared) {
@@ -948,8 +943,7 @@ mod tests {
     #[tokio::test]
     async fn pool_threads_run_at_a_lower_priority() {
         fn nice() -> i32 {
-            // SAFETY: reading this thread's own priority.
-            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+            crate::sys::thread_nice()
         }
         let pool = pool(1, 4, Duration::from_secs(1));
         let mine = nice();

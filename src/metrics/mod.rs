@@ -303,8 +303,8 @@ pub struct Slot {
 impl Slot {
     /// A zeroed slot on the heap (for tests; processes use a `Region`).
     pub fn new_boxed() -> Box<Slot> {
-        // SAFETY: Slot is repr(C) and made only of atomics, for which all-zero is valid.
-        unsafe { Box::<Slot>::new_zeroed().assume_init() }
+        // Slot is repr(C) and made only of atomics: `zeroed_box`'s contract.
+        crate::sys::zeroed_box()
     }
 
     fn add(&self, i: usize, n: u64) {

@@ -9,7 +9,7 @@
 //! that overlaps a fold reads again, and never sees a total dip or double.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use super::{Slot, ix};
@@ -143,17 +143,7 @@ pub struct Reading {
 impl Region {
     /// Creates a new, zeroed region (supervisor, or a single process).
     pub fn create() -> io::Result<&'static Region> {
-        // SAFETY: memfd_create with a static name; the fd is owned below.
-        let fd = unsafe { libc::memfd_create(c"hashpress-metrics".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ftruncate on our memfd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size_of::<Layout>() as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = crate::sys::memfd(c"hashpress-metrics", size_of::<Layout>())?;
         let region = Region::map(fd)?;
         let h = &region.layout.header;
         let now = std::time::SystemTime::now()
@@ -164,46 +154,20 @@ impl Region {
         Ok(region)
     }
 
-    /// Maps a region inherited from the supervisor.
-    ///
-    /// # Safety
-    /// `fd` must be the region's descriptor, passed to this process alone.
-    pub unsafe fn inherit(fd: RawFd) -> io::Result<&'static Region> {
-        // SAFETY: per the caller's promise, we own this descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let meta = std::fs::File::from(fd.try_clone()?).metadata()?;
-        if meta.len() < size_of::<Layout>() as u64 {
-            return Err(io::Error::other(
-                "metrics region is smaller than this build expects (binary mismatch?)",
-            ));
-        }
+    /// Maps a region inherited from the supervisor (`fd`, adopted).
+    pub fn inherit(fd: OwnedFd) -> io::Result<&'static Region> {
         let region = Region::map(fd)?;
         if region.layout.header.magic.load(Ordering::Acquire) != MAGIC {
             return Err(io::Error::other("metrics region has the wrong magic"));
         }
         // Keep it away from our own children.
-        crate::supervisor::listener::set_cloexec(region.fd.as_raw_fd(), true)?;
+        crate::sys::set_cloexec(region.fd.as_raw_fd(), true)?;
         Ok(region)
     }
 
     fn map(fd: OwnedFd) -> io::Result<&'static Region> {
-        // SAFETY: shared mapping of a file we own, of the size we set/checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size_of::<Layout>(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the mapping is page-aligned, large enough, zero-initialised
-        // by the kernel (all-zero is valid for Layout), and never unmapped.
-        let layout: &'static Layout = unsafe { &*(ptr as *const Layout) };
+        // Layout is repr(C), all atomics: `map_shared`'s contract.
+        let layout: &'static Layout = crate::sys::map_shared(&fd)?;
         Ok(Box::leak(Box::new(Region { layout, fd })))
     }
 
@@ -399,8 +363,8 @@ mod tests {
         let r = Region::create().unwrap();
         let i = r.claim(1).unwrap();
         r.set_pid(i, 1);
-        let dup = unsafe { libc::fcntl(r.fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        let other = unsafe { Region::inherit(dup) }.unwrap();
+        let dup = r.fd.try_clone().unwrap();
+        let other = Region::inherit(dup).unwrap();
         other
             .slot(i)
             .add_pool_rejected(crate::metrics::ShedReason::Memory);

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use crate::start_error::StartError;
 
@@ -23,8 +23,8 @@ pub enum Origin {
 /// `LISTEN_FDS` is at least 1, else a fresh one bound to `addr`.
 pub fn acquire(addr: SocketAddr) -> Result<(TcpListener, Origin), StartError> {
     if let Some(fd) = systemd_fd()? {
-        // SAFETY: systemd handed this descriptor to us and nothing else owns it.
-        let listener = unsafe { inherit(fd) }.map_err(|e| {
+        // systemd handed this descriptor to us and nothing else owns it.
+        let listener = inherit(fd).map_err(|e| {
             StartError::system(format!("socket from systemd (fd {fd}) unusable"), e)
         })?;
         return Ok((listener, Origin::SystemdActivation));
@@ -65,61 +65,19 @@ fn systemd_fd() -> Result<Option<RawFd>, StartError> {
 
 /// Takes ownership of an inherited listening TCP socket: checks that it is
 /// one and marks it close-on-exec so it leaks into nothing we exec later.
-///
-/// # Safety
-/// `fd` must be open and owned by nobody else in this process.
-pub unsafe fn inherit(fd: RawFd) -> io::Result<TcpListener> {
-    // Check before taking ownership: a descriptor that is not what we were
-    // told is not ours to close.
-    if sockopt(fd, libc::SO_TYPE)? != libc::SOCK_STREAM || sockopt(fd, libc::SO_ACCEPTCONN)? != 1 {
+/// `fd` must have been passed to this process for this purpose alone.
+pub fn inherit(fd: RawFd) -> io::Result<TcpListener> {
+    let fd = crate::sys::adopt_inherited_fd(fd)?;
+    let listening = crate::sys::socket_option(&fd, libc::SO_TYPE)? == libc::SOCK_STREAM
+        && crate::sys::socket_option(&fd, libc::SO_ACCEPTCONN)? == 1;
+    if !listening {
+        // Not what we were told: not ours to close either.
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("fd {fd} is not a listening stream socket"),
+            format!("fd {raw} is not a listening stream socket"),
         ));
     }
-    // SAFETY: the caller vouches for the descriptor.
-    let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    set_cloexec(listener.as_raw_fd(), true)?;
-    Ok(listener)
-}
-
-fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
-    let mut val: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `val`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut val as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(val)
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Sets or clears FD_CLOEXEC. Only calls fcntl, so it is safe to use between
-/// fork and exec (where it clears the flag on the child's copy only).
-pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor number; failure is reported, not UB.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let want = if on {
-            flags | libc::FD_CLOEXEC
-        } else {
-            flags & !libc::FD_CLOEXEC
-        };
-        if want != flags && libc::fcntl(fd, libc::F_SETFD, want) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    crate::sys::set_cloexec(fd.as_raw_fd(), true)?;
+    Ok(TcpListener::from(fd))
 }

@@ -194,7 +194,9 @@ impl Executor {
                     Signal::Term => libc::SIGTERM,
                     Signal::Kill => libc::SIGKILL,
                 };
-                send(pid, sig);
+                // A worker we still list is our unreaped child, so its pid
+                // cannot have been reused; a failure means it is exiting.
+                let _ = crate::sys::kill(pid, sig);
                 None
             }
             Action::ReleaseMetrics { metrics_slot } => {
@@ -276,11 +278,4 @@ impl Executor {
             }
         }
     }
-}
-
-/// kill(2). A worker we still list is our unreaped child, so its pid cannot
-/// have been reused; failures (already exiting) need no handling.
-fn send(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
 }

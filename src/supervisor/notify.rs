@@ -56,7 +56,7 @@ impl Notifier {
     pub fn reloading(&self) {
         self.send(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading\n",
-            monotonic_usec()
+            crate::sys::monotonic_usec()
         ));
     }
 
@@ -67,17 +67,6 @@ impl Notifier {
     pub fn status(&self, status: &str) {
         self.send(&format!("STATUS={status}\n"));
     }
-}
-
-/// CLOCK_MONOTONIC in microseconds, as systemd reads it.
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 #[cfg(test)]

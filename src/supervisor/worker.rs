@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::listener::set_cloexec;
+use crate::sys::pipe_cloexec;
 
 /// Set in a worker's environment: its slot number. Its presence makes the
 /// process a worker.
@@ -91,37 +91,12 @@ pub fn spawn(spec: &Spec<'_>, events: UnboundedSender<WorkerEvent>) -> io::Resul
         .stdout(Stdio::from(log_w.try_clone()?))
         .stderr(Stdio::from(log_w))
         .kill_on_drop(false);
-    let listen_fd = spec.listen_fd;
-    let ready_fd = ready_w.as_raw_fd();
-    let metrics_fd = spec.metrics_fd;
-    // SAFETY: getpid before the fork; the closure below only makes
-    // async-signal-safe calls (fcntl, prctl, getppid, setpgid) and allocates nothing.
-    let parent = unsafe { libc::getpid() };
-    unsafe {
-        cmd.pre_exec(move || {
-            // Both descriptors are close-on-exec in the supervisor; clear the
-            // flag on the child's copies only, so each worker inherits exactly
-            // the socket and its own readiness pipe.
-            set_cloexec(listen_fd, false)?;
-            set_cloexec(ready_fd, false)?;
-            set_cloexec(metrics_fd, false)?;
-            // If the supervisor dies without a word, its workers drain and go
-            // rather than serve on unsupervised.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            // Own process group: a Ctrl-C on the terminal reaches the
-            // supervisor only, which then drains workers in order instead of
-            // every process getting the signal at once.
-            if libc::setpgid(0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Each worker inherits exactly the socket, its own readiness pipe and
+    // the metrics region; dies with us; and has its own process group.
+    crate::sys::prepare_worker(
+        cmd.as_std_mut(),
+        [spec.listen_fd, ready_w.as_raw_fd(), spec.metrics_fd],
+    );
     let mut child = cmd.spawn()?;
     drop(cmd);
     // Our copy of the write end must go, or we would never see EOF.
@@ -146,16 +121,6 @@ pub fn spawn(spec: &Spec<'_>, events: UnboundedSender<WorkerEvent>) -> io::Resul
         let _ = events.send(WorkerEvent::Exited { pid, status });
     });
     Ok(pid)
-}
-
-fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 fills both slots on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: freshly created, owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// True once the ready line arrives; false on EOF (the worker died first).

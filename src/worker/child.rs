@@ -4,7 +4,7 @@
 //! it is about to accept. The serving itself is `worker::run`.
 
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use crate::build_info::Build;
@@ -47,12 +47,11 @@ pub fn run(config: Config, id: usize) -> Result<(), StartError> {
     };
     crate::logging::init(&config.log_level, format)?;
     let (listen_fd, ready_fd) = (env_fd(ENV_LISTEN_FD)?, env_fd(ENV_READY_FD)?);
-    // SAFETY: the supervisor passed these descriptors to us alone.
-    let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };
-    listener::set_cloexec(ready_fd, true)
+    // The supervisor passed these descriptors to us alone.
+    let ready = crate::sys::adopt_inherited_fd(ready_fd)
+        .and_then(|fd| crate::sys::set_cloexec(ready_fd, true).map(|()| fd))
         .map_err(|e| StartError::system(format!("worker {id}: readiness pipe"), e))?;
-    // SAFETY: as above.
-    let std_listener = unsafe { listener::inherit(listen_fd) }
+    let std_listener = listener::inherit(listen_fd)
         .map_err(|e| StartError::system(format!("worker {id}: inherited socket"), e))?;
     let metrics = inherit_metrics()?;
     // Our release, from us: the supervisor only knows which path it ran,
@@ -91,8 +90,9 @@ fn inherit_metrics() -> Result<(&'static Region, usize), StartError> {
         .ok_or_else(|| {
             StartError::config(format!("{ENV_METRICS_SLOT} is missing or out of range"))
         })?;
-    // SAFETY: the supervisor passed this descriptor to us alone.
-    let region = unsafe { Region::inherit(fd) }
+    // The supervisor passed this descriptor to us alone.
+    let region = crate::sys::adopt_inherited_fd(fd)
+        .and_then(Region::inherit)
         .map_err(|e| StartError::system("inherited metrics region", e))?;
     Ok((region, slot))
 }
