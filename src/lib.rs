@@ -22,7 +22,6 @@ pub mod http;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;
-#[allow(unsafe_code)] // openat2 and friends: next to move into `sys`
 pub mod root;
 pub mod server;
 pub mod shutdown;
@@ -30,6 +29,5 @@ pub mod start_error;
 pub mod storage;
 pub mod supervisor;
 pub mod sys;
-#[allow(unsafe_code)] // tree::walk's openat/readdir: next to move into `sys`
 pub mod tree;
 pub mod worker;

@@ -12,7 +12,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -207,19 +207,9 @@ impl Root {
     pub fn open(path: &Path) -> io::Result<Root> {
         let canonical = path.canonicalize()?;
         let c = cstring(canonical.as_os_str().as_bytes())?;
-        // SAFETY: plain syscall with a valid NUL-terminated path.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let dir = crate::sys::open(&c, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
         Ok(Root {
-            // SAFETY: fd was just returned by open and is owned by nobody else.
-            dir: unsafe { OwnedFd::from_raw_fd(fd) },
+            dir,
             path: canonical,
             no_openat2: AtomicBool::new(false),
         })
@@ -310,39 +300,17 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_BENEATH: u64 = 0x08;
 
 fn openat2_beneath(base: RawFd, path: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let c = cstring(path)?;
-    let how = OpenHow {
-        flags: flags as u64,
-        mode: mode as u64,
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
-    };
     loop {
-        // SAFETY: openat2 with a valid fd, C string and open_how of the size we pass.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                base,
-                c.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
+        let resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+        let err = match crate::sys::openat2(base, &c, flags, mode, resolve) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => e,
         };
-        if ret >= 0 {
-            // SAFETY: the kernel returned a new descriptor that we now own.
-            return Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) });
-        }
-        let err = io::Error::last_os_error();
         // EAGAIN: a rename raced the lookup; the kernel asks us to retry.
         if err.raw_os_error() != Some(libc::EAGAIN) && err.raw_os_error() != Some(libc::EINTR) {
             return Err(err);
@@ -369,41 +337,24 @@ fn open_nofollow_walk(base: RawFd, path: &[u8], flags: i32, mode: u32) -> io::Re
         };
         let c = cstring(part)?;
         let dirfd = current.as_ref().map_or(base, |d| d.as_raw_fd());
-        // SAFETY: openat with a valid directory fd and C string.
-        let fd = unsafe { libc::openat(dirfd, c.as_ptr(), f, mode) };
-        if fd < 0 {
-            let err = io::Error::last_os_error();
+        match crate::sys::openat(dirfd, &c, f, mode) {
+            Ok(fd) => current = Some(fd),
             // O_DIRECTORY|O_NOFOLLOW on a symlink says ENOTDIR: name the real cause.
-            if is_symlink_at(dirfd, &c) {
+            Err(_) if is_symlink_at(dirfd, &c) => {
                 return Err(io::Error::from_raw_os_error(libc::ELOOP));
             }
-            return Err(err);
+            Err(e) => return Err(e),
         }
-        // SAFETY: fresh descriptor from openat.
-        current = Some(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     match current {
         Some(fd) => Ok(fd),
         // "." itself.
-        None => {
-            // SAFETY: duplicating a descriptor we hold.
-            let fd = unsafe { libc::fcntl(base, libc::F_DUPFD_CLOEXEC, 0) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: fresh descriptor from fcntl.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        }
+        None => crate::sys::dup_cloexec(base),
     }
 }
 
 fn is_symlink_at(dirfd: RawFd, name: &CString) -> bool {
-    // SAFETY: fstatat into a zeroed stat buffer we own.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
-            && (st.st_mode & libc::S_IFMT) == libc::S_IFLNK
-    }
+    crate::sys::file_type_at(dirfd, name).is_ok_and(|t| t == libc::S_IFLNK)
 }
 
 /// A file being written next to its final name, renamed into place only
@@ -430,24 +381,17 @@ impl PendingFile {
         }
         let temp_name = cstring(&temp)?;
         let final_name = cstring(final_name)?;
-        // SAFETY: openat with a valid directory fd and C string.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                temp_name.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o644 as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = crate::sys::openat(
+            dir.as_raw_fd(),
+            &temp_name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o644,
+        )?;
         Ok(PendingFile {
             dir,
             temp_name,
             final_name,
-            // SAFETY: fresh descriptor from openat.
-            file: Some(unsafe { File::from_raw_fd(fd) }),
+            file: Some(File::from(fd)),
         })
     }
 
@@ -460,33 +404,17 @@ impl PendingFile {
         let file = self.file.take().expect("file present until commit");
         file.sync_all()?;
         drop(file);
-        // SAFETY: renameat within one directory fd, valid C strings.
-        let ret = unsafe {
-            libc::renameat(
-                self.dir.as_raw_fd(),
-                self.temp_name.as_ptr(),
-                self.dir.as_raw_fd(),
-                self.final_name.as_ptr(),
-            )
-        };
-        if ret != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::sys::rename_in(self.dir.as_raw_fd(), &self.temp_name, &self.final_name)?;
         // Committed: nothing left to clean.
         self.temp_name = CString::default();
-        // SAFETY: fsync on a directory fd we own.
-        if unsafe { libc::fsync(self.dir.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        crate::sys::fsync(self.dir.as_raw_fd())
     }
 }
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.temp_name.is_empty() {
-            // SAFETY: unlinkat within a directory fd we own.
-            unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.temp_name.as_ptr(), 0) };
+            let _ = crate::sys::unlink_in(self.dir.as_raw_fd(), &self.temp_name);
         }
     }
 }

@@ -1,13 +1,10 @@
 //! Every call into libc that needs `unsafe`, each behind a safe function
 //! whose contract is written here once. The rest of the crate is
 //! `#![deny(unsafe_code)]`: to add a system call, add it here.
-//!
-//! (The file-confinement code of `root` and the directory walk of
-//! `tree::walk` still hold their own `openat`/`readdir` calls: they are
-//! next to move.)
 
 #![allow(unsafe_code)]
 
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
@@ -154,7 +151,7 @@ pub fn prepare_worker(cmd: &mut Command, inherit: [RawFd; 3]) {
 }
 
 /// An anonymous shared-memory file of `len` bytes, zero-filled, close-on-exec.
-pub fn memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
+pub fn memfd(name: &CStr, len: usize) -> io::Result<OwnedFd> {
     // SAFETY: memfd_create with a NUL-terminated name.
     let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
     // SAFETY: a fresh descriptor we own.
@@ -200,4 +197,129 @@ pub fn map_shared<T: Sync>(fd: &OwnedFd) -> io::Result<&'static T> {
 pub fn zeroed_box<T: Sync>() -> Box<T> {
     // SAFETY: all-zero is a valid T per the contract.
     unsafe { Box::<T>::new_zeroed().assume_init() }
+}
+
+/// open(2) of an absolute or relative path.
+pub fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: open with a NUL-terminated path.
+    let fd = check(unsafe { libc::open(path.as_ptr(), flags) })?;
+    // SAFETY: a fresh descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// openat(2): `name` relative to the directory `dir`.
+pub fn openat(dir: RawFd, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: openat with a descriptor number and a NUL-terminated name.
+    let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags, mode as libc::c_uint) })?;
+    // SAFETY: a fresh descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// openat2(2), once (EAGAIN and EINTR are the caller's to retry).
+pub fn openat2(
+    dir: RawFd,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: flags as u64,
+        mode: mode as u64,
+        resolve,
+    };
+    // SAFETY: openat2 with a descriptor number, a C string and an open_how of the size we pass.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            size_of::<OpenHow>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// A close-on-exec duplicate of `fd`.
+pub fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a descriptor number.
+    let dup = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: a fresh descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+/// The file type bits (`st_mode & S_IFMT`) of `name` in `dir`, not
+/// following a final symlink.
+pub fn file_type_at(dir: RawFd, name: &CStr) -> io::Result<libc::mode_t> {
+    // SAFETY: all-zero is a valid `struct stat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat into a stat buffer we own, with a NUL-terminated name.
+    check(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+/// renameat(2) within one directory.
+pub fn rename_in(dir: RawFd, from: &CStr, to: &CStr) -> io::Result<()> {
+    // SAFETY: renameat with a descriptor number and NUL-terminated names.
+    check(unsafe { libc::renameat(dir, from.as_ptr(), dir, to.as_ptr()) }).map(drop)
+}
+
+/// unlinkat(2) of a file in `dir`.
+pub fn unlink_in(dir: RawFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: unlinkat with a descriptor number and a NUL-terminated name.
+    check(unsafe { libc::unlinkat(dir, name.as_ptr(), 0) }).map(drop)
+}
+
+/// fsync(2), e.g. of a directory after a rename in it.
+pub fn fsync(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fsync on a descriptor number.
+    check(unsafe { libc::fsync(fd) }).map(drop)
+}
+
+/// The entries of the directory `dir` (without "." and ".."), as
+/// (name, d_type), in the order the file system gives them.
+pub fn read_dir(dir: RawFd) -> io::Result<Vec<(Vec<u8>, u8)>> {
+    // fdopendir takes the descriptor over: give it a duplicate.
+    let dup = std::os::fd::IntoRawFd::into_raw_fd(dup_cloexec(dir)?);
+    // SAFETY: fdopendir on a descriptor we own; on success the stream owns it.
+    let stream = unsafe { libc::fdopendir(dup) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so the duplicate is still ours to close.
+        drop(unsafe { OwnedFd::from_raw_fd(dup) });
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: readdir on a live stream; the entry is copied out before
+        // the next call.
+        let ent = unsafe { libc::readdir(stream) };
+        if ent.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated within the entry readdir returned.
+        let (name, d_type) = unsafe {
+            let name = CStr::from_ptr((*ent).d_name.as_ptr()).to_bytes();
+            (name.to_vec(), (*ent).d_type)
+        };
+        if name != b"." && name != b".." {
+            names.push((name, d_type));
+        }
+    }
+    // SAFETY: closing the stream we opened (and its descriptor).
+    unsafe { libc::closedir(stream) };
+    Ok(names)
 }

@@ -19,7 +19,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::root::{OpenError, RelPath, Root};
@@ -191,85 +191,38 @@ fn classify_dir(e: io::Error) -> OpenError {
 fn open_subdir(parent: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
     let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // SAFETY: openat with a directory fd we hold and a NUL-terminated name.
-    let fd = unsafe { libc::openat(parent.as_raw_fd(), c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor from openat, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::sys::openat(parent.as_raw_fd(), &c, flags, 0)
 }
 
 fn kind_at(dir: &OwnedFd, name: &[u8]) -> Kind {
     let Ok(c) = CString::new(name) else {
         return Kind::Unknown;
     };
-    // SAFETY: fstatat into a zeroed stat buffer we own, with a valid fd and name.
-    let mode = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstatat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        ) != 0
-        {
-            return Kind::Unknown;
-        }
-        st.st_mode & libc::S_IFMT
-    };
-    match mode {
-        libc::S_IFDIR => Kind::Dir,
-        libc::S_IFREG => Kind::File,
-        libc::S_IFLNK => Kind::Symlink,
-        _ => Kind::Special,
+    match crate::sys::file_type_at(dir.as_raw_fd(), &c) {
+        Ok(libc::S_IFDIR) => Kind::Dir,
+        Ok(libc::S_IFREG) => Kind::File,
+        Ok(libc::S_IFLNK) => Kind::Symlink,
+        Ok(_) => Kind::Special,
+        Err(_) => Kind::Unknown,
     }
 }
 
 /// The names in a directory (not "." or ".."), sorted byte-wise with
 /// directories as "name/".
 fn read_sorted(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, Kind)>> {
-    // fdopendir takes the descriptor over: give it a duplicate.
-    // SAFETY: fcntl on a descriptor we hold.
-    let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fdopendir on a fresh descriptor; on success the stream owns it.
-    let stream = unsafe { libc::fdopendir(dup) };
-    if stream.is_null() {
-        let e = io::Error::last_os_error();
-        // SAFETY: fdopendir failed, so the duplicate is still ours to close.
-        unsafe { libc::close(dup) };
-        return Err(e);
-    }
-    let mut names = Vec::new();
-    loop {
-        // SAFETY: readdir on a live stream; the entry is copied out before
-        // the next call.
-        let ent = unsafe { libc::readdir(stream) };
-        if ent.is_null() {
-            break;
-        }
-        // SAFETY: d_name is NUL-terminated within the entry readdir returned.
-        let (name, d_type) = unsafe {
-            let name = std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()).to_bytes();
-            (name.to_vec(), (*ent).d_type)
-        };
-        if name == b"." || name == b".." {
-            continue;
-        }
-        let kind = match d_type {
-            libc::DT_DIR => Kind::Dir,
-            libc::DT_REG => Kind::File,
-            libc::DT_LNK => Kind::Symlink,
-            libc::DT_UNKNOWN => Kind::Unknown,
-            _ => Kind::Special,
-        };
-        names.push((name, kind));
-    }
-    // SAFETY: closing the stream we opened (and its descriptor).
-    unsafe { libc::closedir(stream) };
+    let mut names: Vec<(Vec<u8>, Kind)> = crate::sys::read_dir(dir.as_raw_fd())?
+        .into_iter()
+        .map(|(name, d_type)| {
+            let kind = match d_type {
+                libc::DT_DIR => Kind::Dir,
+                libc::DT_REG => Kind::File,
+                libc::DT_LNK => Kind::Symlink,
+                libc::DT_UNKNOWN => Kind::Unknown,
+                _ => Kind::Special,
+            };
+            (name, kind)
+        })
+        .collect();
     // An unknown kind may be a directory: ask before sorting.
     for (name, kind) in &mut names {
         if *kind == Kind::Unknown {
