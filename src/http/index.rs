@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{AppState, ROUTES};
+use super::AppState;
+use crate::routes::Endpoint;
 
 /// The README, for its API section.
 const README: &str = include_str!("../../README.md");
@@ -63,10 +64,7 @@ fn json_answer(st: &AppState) -> Response {
         .map(|(path, _)| (path.trim_start_matches('/').to_string(), json!(path)))
         .chain([("api".to_string(), json!("/#api"))])
         .collect();
-    let routes: Vec<String> = ROUTES
-        .iter()
-        .map(|(path, methods)| format!("{} {path}", methods.join("|")))
-        .collect();
+    let routes = Endpoint::listing("|");
     Json(json!({
         "service": "hashpress",
         "version": env!("CARGO_PKG_VERSION"),
@@ -100,9 +98,9 @@ fn html_answer(st: &AppState) -> Response {
              and the dashboard page (which asks for a token).</p>\n",
         );
     }
-    let routes: String = ROUTES
+    let routes: String = Endpoint::listing(" | ")
         .iter()
-        .map(|(path, methods)| format!("<li><code>{} {path}</code></li>\n", methods.join(" | ")))
+        .map(|r| format!("<li><code>{r}</code></li>\n"))
         .collect();
     let body = format!(
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
