@@ -214,11 +214,7 @@ fn sighup_under_load_drops_nothing_and_replaces_every_worker() {
     c.signal(libc::SIGHUP);
     c.wait_phase("ready", 1, Duration::from_secs(20));
     // Wait until the old generation has exited, under load all along.
-    let end = Instant::now() + Duration::from_secs(15);
-    while c.children().iter().any(|p| old.contains(&(*p as u32))) {
-        assert!(Instant::now() < end, "old workers did not exit");
-        thread::sleep(Duration::from_millis(20));
-    }
+    c.wait_gone(&old, Duration::from_secs(15));
     thread::sleep(Duration::from_millis(500));
     let (ok, non_2xx, errors) = load.finish();
     eprintln!("SIGHUP under load: ok={ok} non2xx={non_2xx} errors={errors}");
