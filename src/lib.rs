@@ -19,6 +19,7 @@ pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod root;
+pub mod routes;
 pub mod serve;
 pub mod server;
 pub mod shutdown;
