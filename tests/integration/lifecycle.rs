@@ -196,7 +196,7 @@ fn sigterm_answers_the_connections_already_queued() {
 #[test]
 fn sigterm_answers_the_connections_already_queued_on_a_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = crate::cluster::Cluster::start(
+    let mut c = Server::cluster(
         dir.path(),
         &["--workers", "1", "--max-connections", "1", "--grace", "10s"],
     );
