@@ -23,6 +23,7 @@ pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod root;
+pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod start_error;

@@ -323,3 +323,18 @@ pub fn read_dir(dir: RawFd) -> io::Result<Vec<(Vec<u8>, u8)>> {
     unsafe { libc::closedir(stream) };
     Ok(names)
 }
+
+/// preadv2(2) with RWF_NOWAIT: what is in the page cache at `offset`, or
+/// EAGAIN rather than wait for the disk.
+pub fn pread_nowait(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which outlives the call.
+    let n = unsafe { libc::preadv2(fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
