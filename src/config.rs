@@ -18,6 +18,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::cpu_pool::PoolLimits;
 use crate::start_error::StartError;
 use crate::storage::RootArg;
+use crate::tls::TlsFiles;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -363,6 +364,18 @@ pub struct ServeArgs {
     #[arg(long, env = "HASHPRESS_ADMIN_LISTEN", value_name = "ADDR:PORT")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// Serve HTTPS (TLS 1.2 and 1.3, ALPN http/1.1) with this certificate chain, PEM, the
+    /// server's own certificate first. Needs --tls-key. Re-read on SIGHUP: a single process
+    /// swaps it for new connections; in cluster mode the reload's new workers load it, and a
+    /// file that does not load fails the reload and keeps the old workers serving. The
+    /// --admin-listen address stays plain HTTP.
+    #[arg(long, env = "HASHPRESS_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "HASHPRESS_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive like `hashpress=debug`.
     #[arg(
         long,
@@ -469,6 +482,8 @@ pub struct Config {
     /// `--admin-listen` (single process only).
     pub admin_listen: Option<SocketAddr>,
     pub cluster: ClusterConfig,
+    /// `--tls-cert` and `--tls-key`: HTTPS when set.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Config {
@@ -540,6 +555,10 @@ impl ServeArgs {
                     timeout: self.keepalive_timeout,
                 },
             },
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => None,
+            },
             token_file: self.token_file,
             admin_listen: self.admin_listen,
             cluster: ClusterConfig {
@@ -557,6 +576,11 @@ impl ServeArgs {
                 "--admin-listen is served in single-process mode only; add --workers 0, or \
                  scrape /metrics on the main listener (any worker answers with the totals of all)",
             ));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(StartError::config("--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(StartError::config("--tls-key needs --tls-cert")),
+            _ => {}
         }
         // A bad token file is the operator's to fix now, not in N workers.
         if let Some(path) = &self.token_file {
@@ -763,6 +787,8 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(matches!(e, StartError::Config(_)), "{e}");
+        let e = serve_args(&["--tls-cert", "c.pem"]).resolve().unwrap_err();
+        assert!(e.to_string().contains("--tls-key"), "{e}");
     }
 
     #[test]

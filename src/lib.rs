@@ -30,5 +30,6 @@ pub mod start_error;
 pub mod storage;
 pub mod supervisor;
 pub mod sys;
+pub mod tls;
 pub mod tree;
 pub mod worker;

@@ -47,5 +47,8 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
     }
     // Checked here, once, rather than in N crash-looping workers.
     hashpress::storage::Backend::open(&config.storage, true).map_err(StartError::Config)?;
+    if let Some(files) = &config.tls {
+        hashpress::tls::Certs::load(files).map_err(StartError::Config)?;
+    }
     supervisor::run(config)
 }

@@ -13,11 +13,13 @@ use crate::http::{Answer, App, ConnFacts};
 use hyper::rt::{Sleep, Timer};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::shutdown::Shutdown;
+use crate::tls::Certs;
 
 /// How this server runs its connections.
 #[derive(Clone, Debug)]
@@ -32,6 +34,8 @@ pub struct ServerOptions {
     /// Cluster mode: pauses accepts while this worker holds more than its
     /// share of the connections.
     pub gate: Option<AcceptGate>,
+    /// HTTPS: the current certificate, taken by each connection as it is accepted.
+    pub tls: Option<Arc<Certs>>,
 }
 
 /// Serves `app` on an already-bound `listener` until `shutdown` fires, then
@@ -70,8 +74,18 @@ pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutd
             },
             _ = shutdown.recv() => break,
         };
-        let conn = graceful.watch(http_connection(stream, &app, &opts, true));
-        spawn_connection(conn, &app, Some(permit));
+        let _ = stream.set_nodelay(true);
+        match &opts.tls {
+            None => {
+                let conn = graceful.watch(http_connection(stream, &app, &limits, true));
+                spawn_connection(conn, &app, Some(permit));
+            }
+            Some(certs) => {
+                let watcher = Some(graceful.watcher());
+                let conn = https_connection(stream, certs.acceptor(), app.clone(), limits, watcher);
+                spawn_connection(conn, &app, Some(permit));
+            }
+        }
     }
     app.start_draining();
     if let Some(gate) = &opts.gate {
@@ -100,7 +114,17 @@ pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutd
     }
     let queued: Vec<_> = queued
         .into_iter()
-        .map(|stream| spawn_connection(http_connection(stream, &app, &opts, false), &app, None))
+        .map(|stream| {
+            let _ = stream.set_nodelay(true);
+            match &opts.tls {
+                None => spawn_connection(http_connection(stream, &app, &limits, false), &app, None),
+                Some(certs) => {
+                    let conn =
+                        https_connection(stream, certs.acceptor(), app.clone(), limits, None);
+                    spawn_connection(conn, &app, None)
+                }
+            }
+        })
         .collect();
     tracing::info!(
         grace_ms = limits.grace.as_millis() as u64,
@@ -127,32 +151,58 @@ pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutd
     }
 }
 
-/// hyper's HTTP/1 connection for an accepted stream, with our limits;
-/// `keep_alive: false` answers one request only.
-fn http_connection(
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The TLS handshake, which gets the first head's time
+/// (`--header-read-timeout`), then HTTP/1 over it; `watcher` is the drain's
+/// (`None`: a connection taken from the queue at the drain, which answers
+/// one request only).
+async fn https_connection(
     stream: TcpStream,
+    acceptor: TlsAcceptor,
+    app: App,
+    limits: ConnectionLimits,
+    watcher: Option<Watcher>,
+) -> Result<(), BoxError> {
+    let tls = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+        .await
+        .map_err(|_| "TLS handshake timed out")??;
+    let conn = http_connection(tls, &app, &limits, watcher.is_some());
+    match watcher {
+        Some(w) => w.watch(conn).await?,
+        None => conn.await?,
+    }
+    Ok(())
+}
+
+/// hyper's HTTP/1 connection over an accepted stream (plain or TLS), with
+/// our limits; `keep_alive: false` answers one request only.
+fn http_connection<S>(
+    stream: S,
     app: &App,
-    opts: &ServerOptions,
+    opts: &ConnectionLimits,
     keep_alive: bool,
-) -> http1::Connection<TokioIo<TcpStream>, Connection> {
-    let _ = stream.set_nodelay(true);
-    let service = Connection::new(app.clone(), opts.limits.keep_alive);
+) -> http1::Connection<TokioIo<S>, Connection>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = Connection::new(app.clone(), opts.keep_alive);
     let mut builder = http1::Builder::new();
     builder
         .timer(HeadTimer::new(
-            opts.limits.header_read_timeout,
-            opts.limits.keep_alive.timeout,
+            opts.header_read_timeout,
+            opts.keep_alive.timeout,
         ))
-        .header_read_timeout(opts.limits.header_read_timeout)
+        .header_read_timeout(opts.header_read_timeout)
         // The exact head limit. The read buffer's cap alone lets heads
         // through well past it: a read fills all the spare capacity of
         // the buffer, which may exceed the cap, and a head that is
         // complete in the buffer is then accepted whatever its size.
         // hyper writes that 431 itself, with an empty body: it offers no
         // hook to shape the answer to a head it refused to parse.
-        .max_header_size(opts.limits.max_header_bytes)
-        .max_buf_size(opts.limits.max_header_bytes.max(8192))
-        .keep_alive(keep_alive && !opts.limits.keep_alive.timeout.is_zero());
+        .max_header_size(opts.max_header_bytes)
+        .max_buf_size(opts.max_header_bytes.max(8192))
+        .keep_alive(keep_alive && !opts.keep_alive.timeout.is_zero());
     builder.serve_connection(TokioIo::new(stream), service)
 }
 

@@ -233,6 +233,7 @@ mod tests {
             },
             drain_linger: Duration::ZERO,
             gate: None,
+            tls: None,
         };
         let srv = tokio::spawn(server::run(listener, app, opts, down));
         let answers = tokio::task::spawn_blocking(move || {

@@ -64,7 +64,8 @@ pub fn run(config: ServeConfig) -> Result<(), StartError> {
         pid = std::process::id(),
         version = crate::build_info::LONG,
         reload_exe = %reload_exe.display(),
-        "supervisor listening on http://{addr}"
+        "supervisor listening on {}://{addr}",
+        if config.tls.is_some() { "https" } else { "http" }
     );
     // One thread: the parent-death signal of every worker is tied to the
     // thread that forked it, so that thread must live as long as we do.

@@ -25,6 +25,7 @@ use crate::server::{self, ServerOptions};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::start_error::StartError;
 use crate::storage::Backend;
+use crate::tls::Certs;
 
 /// Where the listening socket comes from.
 pub enum ListenerSource {
@@ -79,6 +80,14 @@ pub fn run(config: Config, source: ListenerSource, hooks: Hooks) -> Result<(), S
     // it is briefly down must not crash-loop (its supervisor checked), and
     // answers 502 until it is back.
     let root = Backend::open(&config.storage, single).map_err(StartError::Config)?;
+    // Loaded as the process starts: a reload's new workers see new files.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(Certs::load)
+        .transpose()
+        .map_err(StartError::Config)?
+        .map(Arc::new);
     let runtime = io_runtime(config.api.io_threads)
         .map_err(|e| StartError::system("cannot start the runtime", e))?;
     let served = runtime.block_on(async move {
@@ -108,13 +117,14 @@ pub fn run(config: Config, source: ListenerSource, hooks: Hooks) -> Result<(), S
                 pool_queue = config.pool.queue,
                 max_queue_wait_ms = config.pool.max_wait.as_millis() as u64,
                 allow_write = config.api.allow_write,
-                "listening on http://{addr}"
+                "listening on {}://{addr}",
+                if tls.is_some() { "https" } else { "http" }
             );
         }
         let (trigger, shutdown) = shutdown::channel();
         let hurry = tokio::spawn(signals.run(trigger));
         tokio::select! {
-            r = serve(config, listener, admin_listener, root, shutdown, hooks) => r,
+            r = serve(config, listener, admin_listener, root, tls, shutdown, hooks) => r,
             // A second signal (single) or SIGQUIT (worker): skip the rest of the drain.
             _ = hurry => Ok(()),
         }
@@ -154,6 +164,7 @@ async fn serve(
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     root: Backend,
+    tls: Option<Arc<Certs>>,
     shutdown: shutdown::Shutdown,
     hooks: Hooks,
 ) -> Result<(), StartError> {
@@ -204,11 +215,12 @@ async fn serve(
         limits: config.connections,
         drain_linger: hooks.drain_linger,
         gate: None,
+        tls: None,
     };
     if gate.is_none() {
         // A supervisor turns SIGHUP into a reload, and new workers read the
         // file as they start.
-        tokio::spawn(reload_on_sighup(tokens));
+        tokio::spawn(reload_on_sighup(tokens, tls.clone()));
     }
     let admin = admin_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
@@ -227,7 +239,7 @@ async fn serve(
     if let Some(ready) = on_ready {
         ready();
     }
-    let opts = ServerOptions { gate, ..opts };
+    let opts = ServerOptions { gate, tls, ..opts };
     server::run(listener, app(state), opts, shutdown).await;
     if let Some(admin) = admin {
         let _ = admin.await;
@@ -294,8 +306,9 @@ async fn recv_if_some(signal: &mut Option<Signal>) {
     }
 }
 
-/// SIGHUP re-reads `--token-file` (and is harmless without one).
-async fn reload_on_sighup(tokens: Option<Arc<Tokens>>) {
+/// SIGHUP re-reads `--token-file` and the TLS files (and is harmless
+/// without them); a file that does not load leaves the previous one in use.
+async fn reload_on_sighup(tokens: Option<Arc<Tokens>>, tls: Option<Arc<Certs>>) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
@@ -308,6 +321,15 @@ async fn reload_on_sighup(tokens: Option<Arc<Tokens>>) {
                 }
                 Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous tokens"),
             },
+        }
+        if let Some(certs) = &tls {
+            match certs.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %certs.files().cert.display(),
+                    "SIGHUP: TLS certificate re-read; new connections get it"
+                ),
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous certificate"),
+            }
         }
     }
 }

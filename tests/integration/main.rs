@@ -17,5 +17,6 @@ mod shedding;
 mod storage;
 mod streaming;
 mod strict_http;
+mod tls;
 mod trees;
 mod upgrade;
