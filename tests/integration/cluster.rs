@@ -214,11 +214,7 @@ fn sighup_under_load_drops_nothing_and_replaces_every_worker() {
     c.signal(libc::SIGHUP);
     c.wait_phase("ready", 1, Duration::from_secs(20));
     // Wait until the old generation has exited, under load all along.
-    let end = Instant::now() + Duration::from_secs(15);
-    while c.children().iter().any(|p| old.contains(&(*p as u32))) {
-        assert!(Instant::now() < end, "old workers did not exit");
-        thread::sleep(Duration::from_millis(20));
-    }
+    c.wait_gone(&old, Duration::from_secs(15));
     thread::sleep(Duration::from_millis(500));
     let (ok, non_2xx, errors) = load.finish();
     eprintln!("SIGHUP under load: ok={ok} non2xx={non_2xx} errors={errors}");
@@ -303,25 +299,6 @@ fn sigterm_lets_a_slow_upload_finish_refuses_new_connections_and_exits_zero() {
 }
 
 #[test]
-fn sigterm_kills_what_is_left_at_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Server::cluster(dir.path(), &["--workers", "2", "--grace", "1s"]);
-    let mut s = TcpStream::connect(c.addr).unwrap();
-    s.write_all(b"POST /hash HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\nabc")
-        .unwrap();
-    thread::sleep(Duration::from_millis(200));
-    let start = Instant::now();
-    c.signal(libc::SIGTERM);
-    let status = c.wait_exit(Duration::from_secs(10)).expect("exited");
-    assert_eq!(status.code(), Some(0));
-    let took = start.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
-}
-
-#[test]
 fn sigquit_stops_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Server::cluster(dir.path(), &["--workers", "2", "--grace", "30s"]);
@@ -332,27 +309,6 @@ fn sigquit_stops_at_once() {
     c.signal(libc::SIGQUIT);
     let status = c.wait_exit(Duration::from_secs(3)).expect("fast stop");
     assert_eq!(status.code(), Some(0));
-}
-
-#[test]
-fn taken_address_fails_fast_with_a_clear_message() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let start = Instant::now();
-    let out = Command::new(BIN)
-        .args(["serve", "--workers", "2", "--listen", &addr, "--root"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot listen on") && err.contains("in use"),
-        "{err}"
-    );
-    assert!(!err.contains("worker started"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(5));
 }
 
 #[test]

@@ -156,6 +156,16 @@ impl Server {
         children_of(self.pid())
     }
 
+    /// Waits until none of the workers in `old` is a child any more (an old
+    /// generation has finished its drain).
+    pub fn wait_gone(&self, old: &std::collections::HashSet<u32>, limit: Duration) {
+        let end = Instant::now() + limit;
+        while self.children().iter().any(|p| old.contains(&(*p as u32))) {
+            assert!(Instant::now() < end, "old workers did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

@@ -76,11 +76,7 @@ fn reload_under_load(c: &Server, deploy: impl FnOnce(), new_file: &Path) -> Valu
     deploy();
     c.signal(libc::SIGHUP);
     c.wait_phase("ready", 1, Duration::from_secs(20));
-    let end = Instant::now() + Duration::from_secs(15);
-    while c.children().iter().any(|p| old.contains(&(*p as u32))) {
-        assert!(Instant::now() < end, "old workers did not exit");
-        thread::sleep(Duration::from_millis(20));
-    }
+    c.wait_gone(&old, Duration::from_secs(15));
     thread::sleep(Duration::from_millis(300));
     let (ok, non_2xx, errors) = load.finish();
     eprintln!("upgrade under load: ok={ok} non2xx={non_2xx} errors={errors}");
