@@ -18,6 +18,7 @@ use super::body::BodyReader;
 use super::file_job::{Output, Source, path_after};
 use super::parallel_gzip::{self, AUTO_PARALLEL_BYTES};
 use super::query::Query;
+use super::sent_digest::SourceIdentity;
 use crate::cpu_pool::Lane;
 use crate::error::ApiError;
 use crate::kernel::GzipStream;
@@ -50,8 +51,12 @@ pub async fn compress_file(
     let rel = path_after(req.uri().path(), "/compress/")?;
     let mut src = Source::open(&st, &rel).await?;
     src.plan(Op::Compress)?;
+    // What the bytes sent are made from, for their digest (`sent_digest`).
+    let made_from = SourceIdentity(src.identity().clone());
     if parallel.unwrap_or(src.size() >= AUTO_PARALLEL_BYTES) {
-        return Ok(gzip_response(parallel_gzip::file_body(&st, src, level)));
+        let mut resp = gzip_response(parallel_gzip::file_body(&st, src, level));
+        resp.extensions_mut().insert(made_from);
+        return Ok(resp);
     }
 
     struct Progress {
@@ -109,7 +114,9 @@ pub async fn compress_file(
             }
         }
     });
-    Ok(gzip_response(Body::from_stream(stream)))
+    let mut resp = gzip_response(Body::from_stream(stream));
+    resp.extensions_mut().insert(made_from);
+    Ok(resp)
 }
 
 /// The request body gzip-compressed, streamed back as it arrives.
@@ -127,7 +134,7 @@ pub async fn compress_body(
     let parallel = query
         .parallel()?
         .unwrap_or(declared.is_some_and(|n| n >= AUTO_PARALLEL_BYTES));
-    let body = BodyReader::new(req, st.config.max_body, st.config.body_read_timeout)?;
+    let body = BodyReader::verified(req, &st)?;
     let lane = st.pool.lane();
     if let Some(n) = declared {
         lane.plan(Op::Compress, n)?;
@@ -208,6 +215,7 @@ pub async fn compress_to_file(
     let rel = path_after(req.uri().path(), "/compress/")?;
     let out_rel = rel.with_suffix(".gz").map_err(ApiError::from_path)?;
     let mut src = Source::open(&st, &rel).await?;
+    src.verify(req.headers(), st.metrics)?;
     src.plan(Op::Compress)?;
     // From here on, any error or a client that leaves drops `state`, and
     // with it the output: no partial `.gz`, no temporary, no upload left.

@@ -8,6 +8,7 @@ mod cluster;
 mod config;
 mod confinement;
 mod dashboard;
+mod digest_fields;
 mod hardening;
 mod helpers;
 mod lifecycle;
