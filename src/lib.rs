@@ -8,6 +8,7 @@
 //! `supervisor` runs the cluster mode (one supervisor, N worker processes).
 
 pub mod accept_gate;
+pub mod block_pipeline;
 pub mod build_info;
 pub mod cli;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;
+pub mod progress;
 pub mod root;
 pub mod serve;
 pub mod server;

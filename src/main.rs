@@ -22,6 +22,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Hash(args) => hashpress::cli::hash(&args),
         Command::Check(args) => hashpress::cli::check(&args),
+        Command::Compress(args) => hashpress::cli::compress(&args),
+        Command::Decompress(args) => hashpress::cli::decompress(&args),
         Command::Serve(args) => {
             let args = *args;
             // Started by a supervisor: the worker role, whatever --workers says.

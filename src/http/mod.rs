@@ -12,7 +12,7 @@ mod index;
 mod manifest;
 mod observe;
 mod openapi;
-mod parallel_gzip;
+mod parallel_compress;
 pub mod query;
 mod request_head;
 
