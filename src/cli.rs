@@ -484,10 +484,11 @@ async fn compress_stream(
             while let Some(b) = c.fill(&mut rest) {
                 blocks.push(move || Ok(b.compress()));
             }
-            if n < buf.len() {
-                if let Some(b) = cutter.take().and_then(BlockCutter::end) {
-                    blocks.push(move || Ok(b.compress()));
-                }
+            // A short read is the end of the input.
+            if n < buf.len()
+                && let Some(b) = cutter.take().and_then(BlockCutter::end)
+            {
+                blocks.push(move || Ok(b.compress()));
             }
         }
         match blocks.next().await {

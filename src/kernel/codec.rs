@@ -329,7 +329,7 @@ impl BlockCutter {
     /// no closing block (a zstd stream already made of whole frames).
     pub fn end(self) -> Option<BlockInput> {
         let closes = self.codec.format() == Format::Gzip;
-        (closes || !self.pending.is_empty() || self.cut == 0).then(|| BlockInput {
+        (closes || !self.pending.is_empty() || self.cut == 0).then_some(BlockInput {
             codec: self.codec,
             input: self.pending,
             dict: self.dict,
