@@ -262,6 +262,16 @@ impl Shared {
         Duration::from_nanos((ahead + running) / threads)
     }
 
+    /// Refuses (and counts) a request whose first job would wait longer
+    /// than `--max-queue-wait` if queued now.
+    fn admit_wait(&self, s: &Sched) -> Result<(), PoolError> {
+        let wait = self.expected_wait(s);
+        if wait > self.limits.max_wait {
+            return Err(self.reject(ShedReason::Wait, wait));
+        }
+        Ok(())
+    }
+
     fn reject(&self, reason: ShedReason, backlog: Duration) -> PoolError {
         self.stats.add_pool_rejected(reason);
         PoolError::Overloaded { reason, backlog }
@@ -401,15 +411,28 @@ impl Lane {
             if s.closed {
                 return Err(PoolError::Failed);
             }
-            let wait = sh.expected_wait(&s);
-            if wait > sh.limits.max_wait {
-                drop(s);
-                return Err(sh.reject(ShedReason::Wait, wait));
-            }
+            sh.admit_wait(&s)?;
             let deadline = Instant::now() + sh.limits.max_wait;
             sh.enqueue(&mut s, job, &self.stats, Some(deadline), permit);
         }
         rx.await.map_err(|_| PoolError::Failed)?
+    }
+
+    /// Admission without a job, for a request whose first step needed no
+    /// pool thread (a file opened from the kernel's caches): refused as
+    /// `try_run` would refuse its first job, by the expected wait or a full
+    /// queue. Its jobs then wait their turn like continuations.
+    pub fn admit(&self) -> Result<(), PoolError> {
+        let sh = &self.pool.shared;
+        let s = sh.lock();
+        if s.closed {
+            return Err(PoolError::Failed);
+        }
+        if sh.room.available_permits() == 0 {
+            let backlog = sh.expected_wait(&s);
+            return Err(sh.reject(ShedReason::Memory, backlog));
+        }
+        sh.admit_wait(&s)
     }
 
     /// Continuation: waits for room in the queue, then for the result.

@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod progress;
 pub mod root;
+pub mod routes;
 pub mod serve;
 pub mod server;
 pub mod shutdown;

@@ -197,6 +197,8 @@ pub struct Root {
     path: PathBuf,
     /// Set once openat2 answered ENOSYS, so we stop asking.
     no_openat2: AtomicBool,
+    /// Set once openat2 refused `RESOLVE_CACHED` (Linux < 5.12).
+    no_cached: AtomicBool,
 }
 
 /// Temporary names must not collide between concurrent writers.
@@ -222,6 +224,7 @@ impl Root {
             dir: unsafe { OwnedFd::from_raw_fd(fd) },
             path: canonical,
             no_openat2: AtomicBool::new(false),
+            no_cached: AtomicBool::new(false),
         })
     }
 
@@ -242,6 +245,38 @@ impl Root {
             return Err(OpenError::NotAFile);
         }
         Ok((file, meta.len()))
+    }
+
+    /// `open_file` only if it cannot block: every component of the path is
+    /// in the kernel's lookup caches (`RESOLVE_CACHED`), so no directory has
+    /// to be read from a disk. `None` when it would have to wait (or the
+    /// kernel cannot tell): open on the pool. Confinement is the same.
+    pub fn open_file_now(&self, rel: &RelPath) -> Option<Result<(File, u64), OpenError>> {
+        if self.no_openat2.load(Ordering::Relaxed) || self.no_cached.load(Ordering::Relaxed) {
+            return None;
+        }
+        let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+        let fd = match openat2(self.dir.as_raw_fd(), &rel.bytes, flags, 0, RESOLVE_CACHED) {
+            Ok(fd) => fd,
+            Err(e) => {
+                return match e.raw_os_error() {
+                    // Not all in the caches (or a rename raced the lookup).
+                    Some(libc::EAGAIN) => None,
+                    // A kernel older than RESOLVE_CACHED (5.12), or none.
+                    Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+                        self.no_cached.store(true, Ordering::Relaxed);
+                        None
+                    }
+                    _ => Some(Err(classify(e))),
+                };
+            }
+        };
+        let file = File::from(fd);
+        Some(match file.metadata() {
+            Ok(meta) if meta.is_file() => Ok((file, meta.len())),
+            Ok(_) => Err(OpenError::NotAFile),
+            Err(e) => Err(OpenError::Io(e)),
+        })
     }
 
     /// Opens a directory under the root (`None`: the root itself) for a walk.
@@ -319,34 +354,72 @@ struct OpenHow {
 
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_BENEATH: u64 = 0x08;
+/// Fail with EAGAIN rather than wait for a lookup that is not cached.
+const RESOLVE_CACHED: u64 = 0x20;
 
 fn openat2_beneath(base: RawFd, path: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    loop {
+        match openat2(base, path, flags, mode, 0) {
+            // EAGAIN: a rename raced the lookup; the kernel asks us to retry.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {}
+            r => return r,
+        }
+    }
+}
+
+/// One openat2 beneath `base`, never through a magic link, with `extra`
+/// resolve flags.
+fn openat2(base: RawFd, path: &[u8], flags: i32, mode: u32, extra: u64) -> io::Result<OwnedFd> {
     let c = cstring(path)?;
     let how = OpenHow {
         flags: flags as u64,
         mode: mode as u64,
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | extra,
     };
-    loop {
-        // SAFETY: openat2 with a valid fd, C string and open_how of the size we pass.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                base,
-                c.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if ret >= 0 {
-            // SAFETY: the kernel returned a new descriptor that we now own.
-            return Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) });
+    // SAFETY: openat2 with a valid fd, C string and open_how of the size we pass.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            base,
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// `pread` only if it cannot block (`RWF_NOWAIT`): the bytes that are in
+/// the page cache, from the first; `None` when the first is not (EAGAIN)
+/// or the file system cannot tell.
+pub fn pread_now(file: &File, buf: &mut [u8], offset: u64) -> Option<io::Result<usize>> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which outlives the call; a valid fd.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if n >= 0 {
+        return Some(Ok(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            None
         }
-        let err = io::Error::last_os_error();
-        // EAGAIN: a rename raced the lookup; the kernel asks us to retry.
-        if err.raw_os_error() != Some(libc::EAGAIN) && err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
+        _ => Some(Err(e)),
     }
 }
 
@@ -576,6 +649,44 @@ mod tests {
                 root.open_file(&RelPath::parse("nope").unwrap()),
                 Err(OpenError::NotFound)
             ));
+        }
+    }
+
+    /// The open that must not block confines exactly as the other: what is
+    /// cached opens (or defers to the pool), an escape is refused, never
+    /// opened. And what it opens reads without blocking once in the cache.
+    #[test]
+    fn opening_from_the_caches_confines_the_same() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        let root_dir = tempfile::tempdir().unwrap();
+        let r = root_dir.path();
+        std::fs::write(r.join("in.txt"), b"inside").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), r.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.join("dirlink")).unwrap();
+        let root = Root::open(r).unwrap();
+        let rel = |p: &str| RelPath::parse(p).unwrap();
+        // Warm the lookup caches the way a first request does.
+        root.open_file(&rel("in.txt")).unwrap();
+        match root.open_file_now(&rel("in.txt")) {
+            Some(Ok((file, size))) => {
+                assert_eq!(size, 6);
+                let mut buf = [0u8; 6];
+                if let Some(n) = pread_now(&file, &mut buf, 0) {
+                    assert_eq!(n.unwrap(), 6);
+                    assert_eq!(&buf, b"inside");
+                }
+            }
+            // A kernel before 5.12 has no RESOLVE_CACHED: always the pool.
+            None => assert!(root.no_cached.load(Ordering::Relaxed)),
+            Some(Err(e)) => panic!("{e:?}"),
+        }
+        for bad in ["link", "dirlink/secret"] {
+            let _ = root.open_file(&rel(bad));
+            match root.open_file_now(&rel(bad)) {
+                Some(Err(OpenError::Forbidden(_))) | None => {}
+                other => panic!("{bad}: {:?}", other.map(|r| r.map(|(_, n)| n))),
+            }
         }
     }
 

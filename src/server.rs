@@ -13,8 +13,8 @@ use hyper::rt::{Sleep, Timer};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::shutdown::Shutdown;
 
@@ -63,7 +63,6 @@ pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutd
         .max_connections
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let slots = Arc::new(Semaphore::new(max_connections));
-    let metrics = app.metrics();
     let marking = opts.gate.map(|g| tokio::spawn(g.keep_marking()));
     loop {
         // Hold a slot before accepting: at the limit, new clients wait in the
@@ -90,34 +89,8 @@ pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutd
             },
             _ = shutdown.recv() => break,
         };
-        let _ = stream.set_nodelay(true);
-        metrics.connection_opened();
-        let service = Connection::new(app.clone(), opts.keep_alive);
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(HeadTimer::new(
-                opts.header_read_timeout,
-                opts.keep_alive.timeout,
-            ))
-            .header_read_timeout(opts.header_read_timeout)
-            // The exact head limit. The read buffer's cap alone lets heads
-            // through well past it: a read fills all the spare capacity of
-            // the buffer, which may exceed the cap, and a head that is
-            // complete in the buffer is then accepted whatever its size.
-            // hyper writes that 431 itself, with an empty body: it offers no
-            // hook to shape the answer to a head it refused to parse.
-            .max_header_size(opts.max_header_bytes)
-            .max_buf_size(opts.max_header_bytes.max(8192))
-            .keep_alive(!opts.keep_alive.timeout.is_zero());
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            metrics.connection_closed();
-            drop(permit);
-        });
+        let conn = graceful.watch(http_connection(stream, &app, &opts, true));
+        spawn_connection(conn, &app, Some(permit));
     }
     app.start_draining();
     if let Some(gate) = &opts.gate {
@@ -126,11 +99,28 @@ pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutd
         }
         gate.unmark();
     }
-    // Closing the listener now makes new connections fail fast (refused)
-    // rather than queue behind a server that will not accept them. (In
-    // cluster mode this closes only our copy: the socket stays open in the
-    // supervisor and the other workers, so queued connections go to them.)
-    drop(listener);
+    // Closing the listener makes new connections fail fast (refused)
+    // rather than queue behind a server that will not accept them. But the
+    // connections the kernel has already completed and queued would be
+    // reset with the last copy of the socket, their requests lost (a POST
+    // that a balancer cannot resend): accept those first, slot or not
+    // (the backlog bounds them), and answer one request on each. (In
+    // cluster mode the supervisor closed its copy before telling the
+    // workers to drain, so whichever worker closes last empties the queue
+    // last.) They are not watched by `graceful`: hyper closes a connection
+    // that has read nothing yet as soon as it is told to shut down, which
+    // is exactly what they are; keep-alive off ends each after its answer.
+    let queued = accept_queued(listener);
+    if !queued.is_empty() {
+        tracing::info!(
+            connections = queued.len(),
+            "accepted the connections queued when the drain began"
+        );
+    }
+    let queued: Vec<_> = queued
+        .into_iter()
+        .map(|stream| spawn_connection(http_connection(stream, &app, &opts, false), &app, None))
+        .collect();
     tracing::info!(
         grace_ms = opts.grace.as_millis() as u64,
         "draining in-flight requests"
@@ -144,10 +134,99 @@ pub async fn run(listener: TcpListener, app: App, opts: ServerOptions, mut shutd
             _ = tokio::time::sleep(opts.drain_linger.min(opts.grace)) => {}
         }
     }
+    let all_done = async {
+        graceful.shutdown().await;
+        for task in queued {
+            let _ = task.await;
+        }
+    };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("drained; all connections closed"),
+        _ = all_done => tracing::info!("drained; all connections closed"),
         _ = tokio::time::sleep_until(deadline) => tracing::warn!("grace period over; closing the remaining connections"),
     }
+}
+
+/// hyper's HTTP/1 connection for an accepted stream, with our limits;
+/// `keep_alive: false` answers one request only.
+fn http_connection(
+    stream: TcpStream,
+    app: &App,
+    opts: &ServerOptions,
+    keep_alive: bool,
+) -> http1::Connection<TokioIo<TcpStream>, Connection> {
+    let _ = stream.set_nodelay(true);
+    let service = Connection::new(app.clone(), opts.keep_alive);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(HeadTimer::new(
+            opts.header_read_timeout,
+            opts.keep_alive.timeout,
+        ))
+        .header_read_timeout(opts.header_read_timeout)
+        // The exact head limit. The read buffer's cap alone lets heads
+        // through well past it: a read fills all the spare capacity of
+        // the buffer, which may exceed the cap, and a head that is
+        // complete in the buffer is then accepted whatever its size.
+        // hyper writes that 431 itself, with an empty body: it offers no
+        // hook to shape the answer to a head it refused to parse.
+        .max_header_size(opts.max_header_bytes)
+        .max_buf_size(opts.max_header_bytes.max(8192))
+        .keep_alive(keep_alive && !opts.keep_alive.timeout.is_zero());
+    builder.serve_connection(TokioIo::new(stream), service)
+}
+
+/// Runs a connection on a task of its own, counted in the metrics;
+/// `permit` is its `--max-connections` slot (none for the connections a
+/// drain takes from the queue).
+fn spawn_connection<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>> + Send + 'static,
+    app: &App,
+    permit: Option<OwnedSemaphorePermit>,
+) -> tokio::task::JoinHandle<()> {
+    let metrics = app.metrics();
+    metrics.connection_opened();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        metrics.connection_closed();
+        drop(permit);
+    })
+}
+
+/// Takes every connection the kernel has queued on `listener`, then closes
+/// it. The accepts are made directly on the socket, not through the
+/// reactor, whose readiness may lag behind the queue.
+fn accept_queued(listener: TcpListener) -> Vec<TcpStream> {
+    let mut queued = Vec::new();
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take the queued connections");
+            return queued;
+        }
+    };
+    loop {
+        match listener.accept() {
+            Ok((stream, _peer)) => {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(stream));
+                match stream {
+                    Ok(s) => queued.push(s),
+                    Err(e) => tracing::warn!(error = %e, "a queued connection is lost"),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                // EMFILE and friends: what is still queued is reset with the socket.
+                tracing::warn!(error = %e, "accepting the queued connections failed");
+                break;
+            }
+        }
+    }
+    queued
 }
 
 /// One connection's service: counts its answers and knows its age, so that

@@ -2,7 +2,7 @@
 //! (`--admin-listen`).
 //!
 //! The token file holds one token per line; blank lines and lines starting
-//! with `#` are ignored. Every endpoint except those of `OPEN_PATHS`
+//! with `#` are ignored. Every endpoint except the open ones (`crate::routes`)
 //! then requires `Authorization: Bearer <token>`; anything else gets 401
 //! with `WWW-Authenticate: Bearer`. Tokens are kept only as SHA-256 digests
 //! and a presented token is compared against every one of them in constant
@@ -21,12 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use crate::error::ApiError;
-
-/// Paths that never require a token: probes must work without secrets, and
-/// a browser cannot send one when it opens the index page (links only) or
-/// the dashboard (a static page with no figures in it: it sends the token
-/// itself when it polls `/metrics.json`).
-pub const OPEN_PATHS: [&str; 4] = ["/", "/healthz", "/readyz", "/dashboard"];
+use crate::routes::Endpoint;
 
 /// Who may call what, and where `/metrics` is served.
 #[derive(Clone, Default)]
@@ -160,13 +155,13 @@ pub fn exposure_warnings(
     out
 }
 
-/// Lets `OPEN_PATHS` through, and everything
+/// Lets the open endpoints through, and everything
 /// else only with a valid bearer token (when a token file is configured).
 pub fn check(st: &AppState, req: &Request) -> Result<(), ApiError> {
     let Some(tokens) = &st.access.tokens else {
         return Ok(());
     };
-    if OPEN_PATHS.contains(&req.uri().path()) {
+    if Endpoint::find(req.uri().path()).is_some_and(|e| e.spec().open) {
         return Ok(());
     }
     let presented = req

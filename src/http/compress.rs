@@ -50,7 +50,7 @@ pub async fn compress_file(
     let codec = query.codec()?;
     let parallel = query.parallel()?;
     let rel = path_after(req.uri().path(), "/compress/")?;
-    let src = Source::open(&st, &rel).await?;
+    let mut src = Source::open(&st, &rel).await?;
     src.plan(Op::Compress)?;
     if parallel.unwrap_or(src.size() >= AUTO_PARALLEL_BYTES) {
         return Ok(compressed_response(

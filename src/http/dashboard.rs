@@ -15,7 +15,16 @@ const CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
                    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub async fn page() -> Response {
-    let mut resp = PAGE.into_response();
+    let mut resp = html(PAGE, CSP);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// An HTML page of ours (this one, the index): its type, the page's own
+/// content security policy, and no content sniffing.
+pub fn html(body: impl IntoResponse, csp: &'static str) -> Response {
+    let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -23,12 +32,11 @@ pub async fn page() -> Response {
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }

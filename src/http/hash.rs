@@ -22,6 +22,13 @@ use crate::metrics::{Direction, Op};
 /// in less time than a hand-off to the pool costs (64 KiB: ~30 µs).
 pub const INLINE_BODY: u64 = 1 << 20;
 
+/// A file this small whose bytes are in the page cache is hashed on the
+/// I/O thread too (`Source::fold_now`), without a pool job: a small hot
+/// file then never waits behind a pool busy with big work. Smaller than
+/// `INLINE_BODY`, because these bytes are copied from the cache first
+/// where a body's had to be read from the socket anyway.
+pub const INLINE_FILE: u64 = 256 << 10;
+
 /// Past `INLINE_BODY` the body goes to the pool in batches, one hashing while
 /// the next is read. A long upload then holds neither the I/O thread (in a
 /// cluster worker, its only one) nor a core for its reading, and two uploads
@@ -146,10 +153,14 @@ pub async fn hash_file(
         st.metrics.add_digest_cache(true);
         return Ok(digest_response(&hit, Some(src.shown()), enc));
     }
-    src.plan(Op::Hash)?;
-    let hasher = src
-        .fold(MultiHasher::new(&algs), |h, bytes| h.update(bytes))
-        .await?;
+    let update: fn(&mut MultiHasher, &[u8]) = |h, bytes| h.update(bytes);
+    let hasher = match src.fold_now(MultiHasher::new(&algs), INLINE_FILE, update)? {
+        Ok(hasher) => hasher,
+        Err(hasher) => {
+            src.plan(Op::Hash)?;
+            src.fold(hasher, update).await?
+        }
+    };
     // One version of the source, or no digest at all.
     src.check_unchanged()?;
     st.metrics

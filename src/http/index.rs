@@ -6,11 +6,12 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{AppState, ROUTES};
+use super::AppState;
+use crate::routes::Endpoint;
 
 /// The README, for its API section.
 const README: &str = include_str!("../../README.md");
@@ -63,10 +64,7 @@ fn json_answer(st: &AppState) -> Response {
         .map(|(path, _)| (path.trim_start_matches('/').to_string(), json!(path)))
         .chain([("api".to_string(), json!("/#api"))])
         .collect();
-    let routes: Vec<String> = ROUTES
-        .iter()
-        .map(|(path, methods)| format!("{} {path}", methods.join("|")))
-        .collect();
+    let routes = Endpoint::listing("|");
     Json(json!({
         "service": "hashpress",
         "version": env!("CARGO_PKG_VERSION"),
@@ -100,9 +98,9 @@ fn html_answer(st: &AppState) -> Response {
              and the dashboard page (which asks for a token).</p>\n",
         );
     }
-    let routes: String = ROUTES
+    let routes: String = Endpoint::listing(" | ")
         .iter()
-        .map(|(path, methods)| format!("<li><code>{} {path}</code></li>\n", methods.join(" | ")))
+        .map(|r| format!("<li><code>{r}</code></li>\n"))
         .collect();
     let body = format!(
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
@@ -120,21 +118,7 @@ fn html_answer(st: &AppState) -> Response {
         version = env!("CARGO_PKG_VERSION"),
         api = escape(api_section()),
     );
-    let mut resp = body.into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
+    super::dashboard::html(body, CSP)
 }
 
 /// Text as HTML character data.

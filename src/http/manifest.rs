@@ -30,6 +30,35 @@ fn dir_of(uri_path: &str, suffix: &str) -> Result<Option<RelPath>, ApiError> {
     RelPath::parse(raw).map(Some).map_err(ApiError::from_path)
 }
 
+/// Records go out a few per chunk: one write per file would cost more
+/// than hashing a small one.
+const CHUNK: usize = 16 << 10;
+
+/// The body of a walk: `each` writes what a record says as it comes (and
+/// updates `state`), `end` writes the last lines from the final state.
+fn records_body<S, F, E>(m: Manifest, state: S, each: F, end: E) -> Body
+where
+    S: Send + 'static,
+    F: FnMut(&mut S, Record, &mut Vec<u8>) + Send + 'static,
+    E: FnOnce(S, &mut Vec<u8>) + Send + 'static,
+{
+    let stream = futures_util::stream::unfold(Some((m, state, each, end)), |walk| async move {
+        let (mut m, mut state, mut each, end) = walk?;
+        let mut out = Vec::with_capacity(CHUNK);
+        while out.len() < CHUNK {
+            match m.next().await {
+                Some(r) => each(&mut state, r, &mut out),
+                None => {
+                    end(state, &mut out);
+                    return Some((Ok::<_, std::io::Error>(Bytes::from(out)), None));
+                }
+            }
+        }
+        Some((Ok(Bytes::from(out)), Some((m, state, each, end))))
+    });
+    Body::from_stream(stream)
+}
+
 fn streamed(content_type: &'static str, body: Body) -> Response {
     let mut resp = body.into_response();
     resp.headers_mut()
@@ -56,60 +85,42 @@ pub async fn manifest(
     )
     .await?;
     let primary = algs.as_slice()[0];
-    let stream = futures_util::stream::unfold(
-        (m, Summary::default(), false),
-        move |(mut m, mut summary, done)| {
-            let algs = algs.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                let mut out = Vec::with_capacity(16 << 10);
-                // A few records per chunk: one write per file would cost more
-                // than hashing a small one.
-                while out.len() < 16 << 10 {
-                    let Some(r) = m.next().await else {
-                        if format == Format::Ndjson {
-                            let s = json!({
-                                "files": summary.files,
-                                "bytes": summary.bytes,
-                                "errors": summary.errors,
-                                "skipped": summary.skipped,
-                                "manifest_sha256": summary.manifest_sha256(),
-                            });
-                            serde_json::to_writer(&mut out, &s).expect("JSON into a Vec");
-                            out.push(b'\n');
-                        }
-                        return Some((
-                            Ok::<_, std::io::Error>(Bytes::from(out)),
-                            (m, summary, true),
-                        ));
-                    };
-                    summary.add(&r);
-                    match (&r, format) {
-                        (_, Format::Ndjson) => ndjson_line(&r, &algs, &mut out),
-                        (Record::File { path, digests }, f) => {
-                            let hex = digests
-                                .entries
-                                .iter()
-                                .find(|(a, _)| *a == primary)
-                                .map(|(_, h)| h.as_str())
-                                .expect("the requested algorithm was computed");
-                            format::text_line(f, primary, hex, path, &mut out);
-                        }
-                        // Text formats list what could be read; unreadable
-                        // files are in the NDJSON form and the log.
-                        (Record::Error { path, error }, _) => {
-                            tracing::warn!(path = %String::from_utf8_lossy(path), error = %error.message(), "manifest: file not read");
-                        }
-                        (Record::Skipped { .. }, _) => {}
-                    }
-                }
-                Some((Ok(Bytes::from(out)), (m, summary, false)))
+    let each = move |summary: &mut Summary, r: Record, out: &mut Vec<u8>| {
+        summary.add(&r);
+        match (&r, format) {
+            (_, Format::Ndjson) => ndjson_line(&r, &algs, out),
+            (Record::File { path, digests }, f) => {
+                let hex = digests
+                    .entries
+                    .iter()
+                    .find(|(a, _)| *a == primary)
+                    .map(|(_, h)| h.as_str())
+                    .expect("the requested algorithm was computed");
+                format::text_line(f, primary, hex, path, out);
             }
-        },
-    );
-    Ok(streamed(format.content_type(), Body::from_stream(stream)))
+            // Text formats list what could be read; unreadable files are in
+            // the NDJSON form and the log.
+            (Record::Error { path, error }, _) => {
+                tracing::warn!(path = %String::from_utf8_lossy(path), error = %error.message(), "manifest: file not read");
+            }
+            (Record::Skipped { .. }, _) => {}
+        }
+    };
+    let end = move |summary: Summary, out: &mut Vec<u8>| {
+        if format == Format::Ndjson {
+            let s = json!({
+                "files": summary.files,
+                "bytes": summary.bytes,
+                "errors": summary.errors,
+                "skipped": summary.skipped,
+                "manifest_sha256": summary.manifest_sha256(),
+            });
+            serde_json::to_writer(&mut *out, &s).expect("JSON into a Vec");
+            out.push(b'\n');
+        }
+    };
+    let body = records_body(m, Summary::default(), each, end);
+    Ok(streamed(format.content_type(), body))
 }
 
 /// A manifest checked against the tree: one NDJSON record per path (`ok`,
@@ -160,32 +171,22 @@ pub async fn check(
         st.digest_cache.clone(),
     )
     .await?;
-    let state = (m, Check::new(listed), false);
-    let stream = futures_util::stream::unfold(state, |(mut m, mut c, done)| async move {
-        if done {
-            return None;
-        }
-        let mut out = Vec::with_capacity(16 << 10);
-        while out.len() < 16 << 10 {
-            match m.next().await {
-                Some(r) => c.record(r, |p, v| verdict_line(p, v, &mut out)),
-                None => {
-                    c.finish(|p, v| verdict_line(p, v, &mut out));
-                    let n = c.counts;
-                    let s = json!({
-                        "ok": n.ok, "changed": n.changed, "missing": n.missing,
-                        "new": n.new, "errors": n.errors,
-                        "verdict": if n.pass() { "pass" } else { "fail" },
-                    });
-                    serde_json::to_writer(&mut out, &s).expect("JSON into a Vec");
-                    out.push(b'\n');
-                    return Some((Ok(Bytes::from(out)), (m, c, true)));
-                }
-            }
-        }
-        Some((Ok::<_, std::io::Error>(Bytes::from(out)), (m, c, false)))
-    });
-    Ok(streamed("application/x-ndjson", Body::from_stream(stream)))
+    let each = |c: &mut Check, r: Record, out: &mut Vec<u8>| {
+        c.record(r, |p, v| verdict_line(p, v, out));
+    };
+    let end = |mut c: Check, out: &mut Vec<u8>| {
+        c.finish(|p, v| verdict_line(p, v, out));
+        let n = c.counts;
+        let s = json!({
+            "ok": n.ok, "changed": n.changed, "missing": n.missing,
+            "new": n.new, "errors": n.errors,
+            "verdict": if n.pass() { "pass" } else { "fail" },
+        });
+        serde_json::to_writer(&mut *out, &s).expect("JSON into a Vec");
+        out.push(b'\n');
+    };
+    let body = records_body(m, Check::new(listed), each, end);
+    Ok(streamed("application/x-ndjson", body))
 }
 
 /// One NDJSON record of a check.

@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 
 use crate::config::Limit;
 use crate::cpu_pool::CpuPool;
 use crate::metrics::{Region, Slot};
+use crate::routes::{Endpoint, Spec};
 use crate::storage::Storage;
 
 /// Everything a handler may need; cheap to clone.
@@ -74,92 +75,61 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Every route of the API as `(template, methods)`, in OpenAPI spelling.
-/// `app` must serve exactly these (a trailing-slash form of the `{path}`
-/// routes exists only to answer "empty path" with a 400), and
-/// `openapi.json` must describe exactly these: tests hold all three together.
-pub const ROUTES: &[(&str, &[&str])] = &[
-    ("/", &["GET"]),
-    ("/hash", &["POST"]),
-    ("/hash-file/{path}", &["GET"]),
-    ("/compress", &["POST"]),
-    ("/compress/{path}", &["GET", "POST"]),
-    ("/manifest/{path}", &["GET", "POST"]),
-    ("/healthz", &["GET"]),
-    ("/readyz", &["GET"]),
-    ("/metrics", &["GET"]),
-    ("/metrics.json", &["GET"]),
-    ("/dashboard", &["GET"]),
-    ("/openapi.json", &["GET"]),
-];
-
-/// The `Allow` value for a request path, from `ROUTES` (GET implies HEAD).
-pub fn allowed_methods(path: &str) -> String {
-    let found = ROUTES
-        .iter()
-        .find(|(template, _)| match template.strip_suffix("{path}") {
-            Some(prefix) => path.starts_with(prefix),
-            None => path == *template,
-        });
-    let mut out: Vec<&str> = Vec::new();
-    for m in found.map_or(&[][..], |(_, methods)| *methods) {
-        out.push(m);
-        if *m == "GET" {
-            out.push("HEAD");
-        }
-    }
-    out.join(", ")
-}
-
 /// The API: every route, behind the steps every request takes (`observe`).
 pub fn app(state: AppState) -> App {
     App::new(routes(state.clone()), state, true)
 }
 
-/// The router: every route of the API and nothing else.
-fn routes(state: AppState) -> Router {
-    let mut router = Router::new()
-        .route("/", get(index::page))
-        .route("/hash", post(hash::hash_body))
-        .route("/hash-file/", get(hash::hash_file))
-        .route("/hash-file/{*path}", get(hash::hash_file))
-        .route("/compress", post(compress::compress_body))
-        .route(
-            "/compress/",
-            get(compress::compress_file).post(compress::compress_to_file),
-        )
-        .route(
-            "/compress/{*path}",
-            get(compress::compress_file).post(compress::compress_to_file),
-        )
-        // "/manifest/" is the whole root; POST takes "{dir}/check".
-        .route("/manifest/", get(manifest::manifest).post(manifest::check))
-        .route(
-            "/manifest/{*path}",
-            get(manifest::manifest).post(manifest::check),
-        )
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(openapi::spec));
-    if !state.access.metrics_on_admin {
-        router = router
-            .route("/metrics", get(health::metrics))
-            .route("/metrics.json", get(health::metrics_json))
-            .route("/dashboard", get(dashboard::page));
+/// The handlers of an endpoint. Its methods must be those of the table
+/// (`crate::routes`); a test holds them together.
+fn handler(e: Endpoint) -> MethodRouter<AppState> {
+    match e {
+        Endpoint::Index => get(index::page),
+        Endpoint::Hash => post(hash::hash_body),
+        Endpoint::HashFile => get(hash::hash_file),
+        Endpoint::Compress => post(compress::compress_body),
+        Endpoint::CompressPath => get(compress::compress_file).post(compress::compress_to_file),
+        Endpoint::Manifest => get(manifest::manifest).post(manifest::check),
+        Endpoint::Healthz => get(health::healthz),
+        Endpoint::Readyz => get(health::readyz),
+        Endpoint::Metrics => get(health::metrics),
+        Endpoint::MetricsJson => get(health::metrics_json),
+        Endpoint::Dashboard => get(dashboard::page),
+        Endpoint::OpenApi => get(openapi::spec),
+    }
+}
+
+/// A router of the endpoints `serve` picks from the table, and nothing else.
+fn router(state: AppState, serve: impl Fn(&Spec) -> bool) -> Router {
+    let mut router = Router::new();
+    for e in Endpoint::ALL {
+        let spec = e.spec();
+        if !serve(&spec) {
+            continue;
+        }
+        router = match spec.template.strip_suffix("{path}") {
+            // The bare prefix too: an empty path gets the handler's 400
+            // (or, for a manifest, means the whole root).
+            Some(prefix) => router
+                .route(prefix, handler(e))
+                .route(&format!("{prefix}{{*path}}"), handler(e)),
+            None => router.route(spec.template, handler(e)),
+        };
     }
     router.fallback(observe::no_route).with_state(state)
 }
 
-/// The router of `--admin-listen`: `/metrics` only, without a token (bind it
-/// to a private address).
+/// The main listener's router: every endpoint, but the admin ones when
+/// `--admin-listen` serves them.
+fn routes(state: AppState) -> Router {
+    let on_admin = state.access.metrics_on_admin;
+    router(state, |s| !(s.admin && on_admin))
+}
+
+/// The router of `--admin-listen`: the metrics endpoints only, without a
+/// token (bind it to a private address).
 pub fn admin_app(state: AppState) -> App {
-    let router = Router::new()
-        .route("/metrics", get(health::metrics))
-        .route("/metrics.json", get(health::metrics_json))
-        .route("/dashboard", get(dashboard::page))
-        .fallback(observe::no_route)
-        .with_state(state.clone());
-    App::new(router, state, false)
+    App::new(router(state.clone(), |s| s.admin), state, false)
 }
 
 /// A state over `root` with a one-thread pool, for unit tests of the router.

@@ -138,7 +138,8 @@ impl App {
         if resp.status() == StatusCode::METHOD_NOT_ALLOWED
             && !resp.headers().contains_key(header::CONTENT_TYPE)
         {
-            resp = ApiError::MethodNotAllowed(super::allowed_methods(uri.path())).into_response();
+            resp = ApiError::MethodNotAllowed(crate::routes::allowed_methods(uri.path()))
+                .into_response();
         }
         drop(uri);
         resp.headers_mut()
@@ -179,10 +180,7 @@ impl App {
 
 /// 404 for paths that match no route, naming the routes that exist.
 pub async fn no_route(req: Request) -> ApiError {
-    let routes: Vec<String> = super::ROUTES
-        .iter()
-        .map(|(path, methods)| format!("{} {path}", methods.join("|")))
-        .collect();
+    let routes = crate::routes::Endpoint::listing("|");
     ApiError::NoRoute(format!(
         "no route for {} {}; routes: {}",
         req.method(),

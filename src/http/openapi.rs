@@ -1,5 +1,6 @@
 //! `GET /openapi.json`: the API described in OpenAPI 3.0, embedded in the
-//! binary. Tests below keep it, `ROUTES` and the router in agreement.
+//! binary. Tests below keep it, the endpoint table (`crate::routes`) and the
+//! router in agreement.
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +25,8 @@ mod tests {
     use axum::http::{Method, Request, StatusCode};
 
     use super::SPEC;
-    use crate::http::{ConnFacts, ROUTES, app, test_state};
+    use crate::http::{ConnFacts, app, test_state};
+    use crate::routes::Endpoint;
 
     fn spec_operations() -> BTreeSet<(String, String)> {
         let doc: serde_json::Value = serde_json::from_str(SPEC).expect("openapi.json is JSON");
@@ -39,9 +41,14 @@ mod tests {
     }
 
     fn route_operations() -> BTreeSet<(String, String)> {
-        ROUTES
+        Endpoint::ALL
             .iter()
-            .flat_map(|(p, ms)| ms.iter().map(|m| (p.to_string(), m.to_string())))
+            .map(|e| e.spec())
+            .flat_map(|s| {
+                s.methods
+                    .iter()
+                    .map(move |m| (s.template.to_string(), m.to_string()))
+            })
             .collect()
     }
 
@@ -88,7 +95,8 @@ mod tests {
         std::fs::write(dir.path().join("f"), b"x").unwrap();
         let router = app(test_state(dir.path()));
         let all = ["GET", "POST", "PUT", "DELETE", "PATCH"];
-        for (template, methods) in ROUTES {
+        for e in Endpoint::ALL {
+            let (template, methods) = (e.spec().template, e.spec().methods);
             let path = template.replace("{path}", "f");
             for m in all {
                 let req = Request::builder()

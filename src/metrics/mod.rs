@@ -17,75 +17,9 @@ pub mod snapshot;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use crate::routes::Route;
 pub use region::Region;
 pub use snapshot::Snapshot;
-
-/// Route templates, the `route` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// `GET /`, the index page.
-    Index,
-    Hash,
-    HashFile,
-    Compress,
-    CompressPath,
-    Manifest,
-    Metrics,
-    Healthz,
-    Readyz,
-    Dashboard,
-    /// No route matched (404) or anything not listed above.
-    Other,
-}
-
-impl Route {
-    pub const ALL: [Route; 11] = [
-        Route::Index,
-        Route::Hash,
-        Route::HashFile,
-        Route::Compress,
-        Route::CompressPath,
-        Route::Manifest,
-        Route::Metrics,
-        Route::Healthz,
-        Route::Readyz,
-        Route::Dashboard,
-        Route::Other,
-    ];
-
-    pub fn template(self) -> &'static str {
-        match self {
-            Route::Index => "/",
-            Route::Hash => "/hash",
-            Route::HashFile => "/hash-file/{path}",
-            Route::Compress => "/compress",
-            Route::CompressPath => "/compress/{path}",
-            Route::Manifest => "/manifest/{path}",
-            Route::Metrics => "/metrics",
-            Route::Healthz => "/healthz",
-            Route::Readyz => "/readyz",
-            Route::Dashboard => "/dashboard",
-            Route::Other => "other",
-        }
-    }
-
-    /// Classifies a raw request path into its route template.
-    pub fn classify(path: &str) -> Route {
-        match path {
-            "/" => Route::Index,
-            "/hash" => Route::Hash,
-            "/compress" => Route::Compress,
-            "/metrics" | "/metrics.json" => Route::Metrics,
-            "/healthz" => Route::Healthz,
-            "/readyz" => Route::Readyz,
-            "/dashboard" => Route::Dashboard,
-            p if p.starts_with("/hash-file/") => Route::HashFile,
-            p if p.starts_with("/compress/") => Route::CompressPath,
-            p if p.starts_with("/manifest/") => Route::Manifest,
-            _ => Route::Other,
-        }
-    }
-}
 
 /// Methods with their own label value; the rest are "other".
 pub const METHODS: [&str; 3] = ["GET", "POST", "other"];

@@ -387,20 +387,9 @@ impl Snapshot {
                     }
                 }
             }
-            let total: u64 = (0..N_BUCKET).map(|b| self.c(ix::bucket(r, b))).sum();
-            if total == 0 {
+            let Some((total, buckets)) = json_buckets(|b| self.c(ix::bucket(r, b))) else {
                 continue;
-            }
-            let mut cumulative = 0;
-            let mut buckets: Vec<Value> = BUCKETS
-                .iter()
-                .enumerate()
-                .map(|(b, le)| {
-                    cumulative += self.c(ix::bucket(r, b));
-                    json!({ "le": le, "count": cumulative })
-                })
-                .collect();
-            buckets.push(json!({ "le": "+Inf", "count": total }));
+            };
             latency.push(json!({
                 "route": route.template(),
                 "count": total,
@@ -551,22 +540,9 @@ impl Snapshot {
                         .push(json!({ "op": op.name(), "outcome": outcome.name(), "count": n }));
                 }
             }
-            let total: u64 = (0..N_BUCKET)
-                .map(|b| self.c(ix::storage_bucket(op, b)))
-                .sum();
-            if total == 0 {
+            let Some((total, buckets)) = json_buckets(|b| self.c(ix::storage_bucket(op, b))) else {
                 continue;
-            }
-            let mut cumulative = 0;
-            let mut buckets: Vec<Value> = BUCKETS
-                .iter()
-                .enumerate()
-                .map(|(b, le)| {
-                    cumulative += self.c(ix::storage_bucket(op, b));
-                    json!({ "le": le, "count": cumulative })
-                })
-                .collect();
-            buckets.push(json!({ "le": "+Inf", "count": total }));
+            };
             latency.push(json!({
                 "op": op.name(),
                 "count": total,
@@ -642,6 +618,27 @@ fn histogram(
             "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {total}"
         );
     }
+}
+
+/// One histogram in JSON: the total and the cumulative buckets of
+/// `BUCKETS` and +Inf, from the per-bucket counts; `None` without an
+/// observation.
+fn json_buckets(per_bucket: impl Fn(usize) -> u64) -> Option<(u64, Vec<Value>)> {
+    let total: u64 = (0..N_BUCKET).map(&per_bucket).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut cumulative = 0;
+    let mut buckets: Vec<Value> = BUCKETS
+        .iter()
+        .enumerate()
+        .map(|(b, le)| {
+            cumulative += per_bucket(b);
+            json!({ "le": le, "count": cumulative })
+        })
+        .collect();
+    buckets.push(json!({ "le": "+Inf", "count": total }));
+    Some((total, buckets))
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -48,16 +48,17 @@ impl Storage for LocalStorage {
         let (root, key) = (Arc::clone(&self.root), key.clone());
         Work::Blocking(Box::new(move || {
             let (file, _) = root.open_file(&key).map_err(from_open)?;
-            let meta = file.metadata().map_err(StorageError::Io)?;
-            Ok(Box::new(LocalObject {
-                meta: Meta {
-                    size: meta.len(),
-                    identity: identity(&meta),
-                },
-                file: Arc::new(LocalFile(file)),
-                offset: 0,
-            }) as Box<dyn Object>)
+            LocalObject::boxed(file)
         }))
+    }
+
+    fn open_now(&self, key: &RelPath) -> Option<Result<Box<dyn Object>, StorageError>> {
+        let opened = self.root.open_file_now(key)?;
+        Some(
+            opened
+                .map_err(from_open)
+                .and_then(|(file, _)| LocalObject::boxed(file)),
+        )
     }
 
     fn create(&self, key: &RelPath) -> Work<Box<dyn Upload>> {
@@ -97,6 +98,10 @@ impl ReadAt for LocalFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.0.read_at(buf, offset)
     }
+
+    fn read_at_now(&self, buf: &mut [u8], offset: u64) -> Option<io::Result<usize>> {
+        crate::root::pread_now(&self.0, buf, offset)
+    }
 }
 
 /// Read by offset, up to the size at open: a file that grows meanwhile is
@@ -106,6 +111,20 @@ struct LocalObject {
     meta: Meta,
     file: Arc<LocalFile>,
     offset: u64,
+}
+
+impl LocalObject {
+    fn boxed(file: File) -> Result<Box<dyn Object>, StorageError> {
+        let meta = file.metadata().map_err(StorageError::Io)?;
+        Ok(Box::new(LocalObject {
+            meta: Meta {
+                size: meta.len(),
+                identity: identity(&meta),
+            },
+            file: Arc::new(LocalFile(file)),
+            offset: 0,
+        }))
+    }
 }
 
 impl Object for LocalObject {

@@ -48,6 +48,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Opens `key` for reading.
     fn open(&self, key: &RelPath) -> Work<Box<dyn Object>>;
 
+    /// Opens `key` on the calling thread, only if that cannot block (a
+    /// local path whose lookup the kernel has cached); `None` when it would
+    /// wait: use `open`. Saves a pool job, and a wait behind busy threads,
+    /// for each request of a hot file.
+    fn open_now(&self, _key: &RelPath) -> Option<Result<Box<dyn Object>, StorageError>> {
+        None
+    }
+
     /// Starts writing `key`. Nothing appears under that name before
     /// `Upload::commit` has finished.
     fn create(&self, key: &RelPath) -> Work<Box<dyn Upload>>;
@@ -152,6 +160,12 @@ pub enum Piece {
 /// A source read by offset, from any thread (`pread`).
 pub trait ReadAt: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// `read_at` only if it cannot block (the bytes are in memory); `None`
+    /// when it would wait for a device, or the source cannot tell.
+    fn read_at_now(&self, _buf: &mut [u8], _offset: u64) -> Option<io::Result<usize>> {
+        None
+    }
 }
 
 impl Piece {
@@ -164,6 +178,28 @@ impl Piece {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The first `n` bytes of this piece, and the rest if any.
+    pub fn split(self, n: usize) -> (Piece, Option<Piece>) {
+        if n >= self.len() {
+            return (self, None);
+        }
+        match self {
+            Piece::Bytes(b) => (Piece::Bytes(b.slice(..n)), Some(Piece::Bytes(b.slice(n..)))),
+            Piece::At { src, offset, len } => (
+                Piece::At {
+                    src: Arc::clone(&src),
+                    offset,
+                    len: n,
+                },
+                Some(Piece::At {
+                    src,
+                    offset: offset + n as u64,
+                    len: len - n,
+                }),
+            ),
+        }
     }
 
     /// The last `n` bytes of this piece (all of it if shorter).
@@ -203,6 +239,31 @@ impl Piece {
                 Ok(())
             }
         }
+    }
+
+    /// `with_bytes` on the calling thread, only if no byte has to wait for a
+    /// device (they are in memory, or in the page cache); `None` otherwise,
+    /// and `f` is not called. For an I/O thread, where a blocking read
+    /// would stall every connection it serves.
+    pub fn with_bytes_now<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Option<Result<R, StorageError>> {
+        let Piece::At { src, offset, len } = self else {
+            return Some(self.with_bytes(f));
+        };
+        with_buffer(*len, |buf| {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match src.read_at_now(&mut buf[filled..], offset + filled as u64)? {
+                    Ok(0) => {
+                        let e = StorageError::Changed("shrank while it was read".into());
+                        return Some(Err(e));
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Some(Err(StorageError::Io(e))),
+                }
+            }
+            Some(Ok(f(buf)))
+        })
     }
 
     /// Calls `f` with the piece's bytes, reading them first if need be into

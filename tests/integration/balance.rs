@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Cluster, Load, read_resp};
+use crate::cluster::Load;
 use crate::helpers::*;
 
 /// Keep-alive clients of every load below, and their pause between requests.
@@ -98,7 +98,7 @@ fn wait_even_split(
 #[test]
 fn keep_alive_load_is_split_evenly_across_two_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start(dir.path(), &["--workers", "2", "--keepalive-requests", "0"]);
+    let c = Server::cluster(dir.path(), &["--workers", "2", "--keepalive-requests", "0"]);
     let load = Load::paced(c.addr, CLIENTS, PACE);
     let (took, shares) = wait_even_split(c.addr, Duration::from_secs(5), None);
     // And it stays even.
@@ -119,7 +119,7 @@ fn keep_alive_load_is_split_evenly_across_two_workers() {
 #[test]
 fn a_restarted_worker_gets_its_share_back_within_five_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start(dir.path(), &["--workers", "2", "--keepalive-requests", "0"]);
+    let c = Server::cluster(dir.path(), &["--workers", "2", "--keepalive-requests", "0"]);
     let load = Load::paced(c.addr, CLIENTS, PACE);
     wait_even_split(c.addr, Duration::from_secs(5), None);
     let first: HashSet<u64> = c.ready_pids().iter().map(|(p, _)| *p as u64).collect();
@@ -148,8 +148,8 @@ fn a_restarted_worker_gets_its_share_back_within_five_seconds() {
 fn post_hello(s: &mut TcpStream, r: &mut BufReader<TcpStream>) -> (u16, bool) {
     s.write_all(b"POST /hash HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
         .unwrap();
-    let resp = read_resp(r).expect("an answer");
-    (resp.status, resp.close)
+    let resp = read_one(r).expect("an answer");
+    (resp.status, resp.closes())
 }
 
 fn open(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {

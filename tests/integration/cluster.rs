@@ -2,234 +2,19 @@
 //! signals on loopback. Each test bounds its own running time.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hashpress");
-
-/// A supervisor with its workers; killed (with them) when dropped.
-pub(crate) struct Cluster {
-    pub(crate) child: Child,
-    pub(crate) addr: SocketAddr,
-    pub(crate) log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Cluster {
-    pub(crate) fn start(root: &Path, args: &[&str]) -> Cluster {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--root",
-        ])
-        .arg(root)
-        .args(args);
-        crate::helpers::clean_env(&mut cmd);
-        Cluster::spawn(cmd)
-    }
-
-    pub(crate) fn spawn(cmd: Command) -> Cluster {
-        let (child, addr, log) = crate::helpers::spawn_listening(cmd);
-        let c = Cluster { child, addr, log };
-        c.wait_phase("ready", 0, Duration::from_secs(15));
-        c
-    }
-
-    /// Waits until the supervisor publishes `phase` with `generation`
-    /// serving (`workers` in `/metrics.json`): the state itself, not a log
-    /// line about it.
-    pub(crate) fn wait_phase(&self, phase: &str, generation: u64, limit: Duration) {
-        let end = Instant::now() + limit;
-        let mut seen = Value::Null;
-        while Instant::now() < end {
-            let r = crate::helpers::request(self.addr, "GET", "/metrics.json", &[], b"");
-            if r.status == 200 {
-                seen = r.json()["workers"].clone();
-                if seen["phase"] == phase && seen["generation"] == generation {
-                    return;
-                }
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "never {phase} at generation {generation} (last: {seen}); log:\n{}",
-            self.log.lock().unwrap().join("\n")
-        );
-    }
-
-    pub(crate) fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub(crate) fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    /// The supervisor's own JSON log records (worker lines carry a "worker"
-    /// field first and are included too).
-    pub(crate) fn records(&self) -> Vec<Value> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn count(&self, message: &str) -> usize {
-        self.records()
-            .iter()
-            .filter(|v| v["message"] == message)
-            .count()
-    }
-
-    /// Waits for a record matching `f`; panics with the log on timeout.
-    pub(crate) fn wait_log(&self, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if let Some(v) = self.records().into_iter().find(&f) {
-                return v;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        panic!(
-            "log line not seen; log:\n{}",
-            self.log.lock().unwrap().join("\n")
-        );
-    }
-
-    /// Pids that the supervisor reported ready, with their generation.
-    pub(crate) fn ready_pids(&self) -> Vec<(u32, u64)> {
-        self.records()
-            .iter()
-            .filter(|v| v["message"] == "worker ready")
-            .map(|v| {
-                (
-                    v["pid"].as_u64().unwrap() as u32,
-                    v["generation"].as_u64().unwrap(),
-                )
-            })
-            .collect()
-    }
-
-    /// Live direct children of the supervisor, read from /proc.
-    pub(crate) fn children(&self) -> Vec<i32> {
-        children_of(self.pid())
-    }
-
-    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Workers follow through their parent-death signal.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn children_of(parent: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command: state, ppid, ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let mut f = rest.split_whitespace();
-        let state = f.next();
-        if state != Some("Z") && f.next().and_then(|p| p.parse().ok()) == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// A parsed HTTP response.
-pub(crate) struct Resp {
-    pub(crate) status: u16,
-    pub(crate) close: bool,
-    pub(crate) worker_pid: Option<u32>,
-    body: Vec<u8>,
-}
-
-/// Reads one response (Content-Length bodies only: all ours are).
-pub(crate) fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(std::io::ErrorKind::InvalidData)?;
-    let (mut len, mut close, mut worker_pid) = (0usize, false, None);
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':').unwrap_or((l, ""));
-        let (k, v) = (k.to_ascii_lowercase(), v.trim());
-        match k.as_str() {
-            "content-length" => len = v.parse().unwrap_or(0),
-            "connection" => close = v.eq_ignore_ascii_case("close"),
-            "x-worker-pid" => worker_pid = v.parse().ok(),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
-    Ok(Resp {
-        status,
-        close,
-        worker_pid,
-        body,
-    })
-}
-
-/// One request on a fresh connection.
-pub(crate) fn get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )?;
-    read_resp(&mut BufReader::new(s))
-}
+use crate::helpers::*;
 
 /// Counts from a load run.
 #[derive(Default)]
@@ -290,7 +75,7 @@ impl Load {
                             .write_all(
                                 b"POST /hash HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
                             )
-                            .and_then(|()| read_resp(r));
+                            .and_then(|()| read_one(r));
                         let took = began.elapsed().as_micros() as u64;
                         tally.max_latency_us.fetch_max(took, Ordering::Relaxed);
                         match res {
@@ -300,7 +85,7 @@ impl Load {
                                 } else {
                                     tally.non_2xx.fetch_add(1, Ordering::Relaxed);
                                 }
-                                if resp.close {
+                                if resp.closes() {
                                     conn = None;
                                 }
                             }
@@ -342,16 +127,16 @@ impl Load {
 #[test]
 fn workers_share_one_socket_and_say_who_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start(dir.path(), &["--workers", "2"]);
+    let c = Server::cluster(dir.path(), &["--workers", "2"]);
     let kids: HashSet<u32> = c.children().into_iter().map(|p| p as u32).collect();
     assert_eq!(kids.len(), 2, "two workers, direct children");
     let ready: HashSet<u32> = c.ready_pids().into_iter().map(|(p, _)| p).collect();
     assert_eq!(kids, ready);
     for _ in 0..10 {
-        let r = get(c.addr, "/healthz").unwrap();
+        let r = try_get(c.addr, "/healthz").unwrap();
         assert_eq!(r.status, 200);
         assert!(
-            kids.contains(&r.worker_pid.unwrap()),
+            kids.contains(&r.worker_pid().unwrap()),
             "answered by a worker"
         );
     }
@@ -364,7 +149,7 @@ fn workers_share_one_socket_and_say_who_answered() {
 #[test]
 fn sigkilled_worker_under_load_is_replaced_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start(dir.path(), &["--workers", "2"]);
+    let c = Server::cluster(dir.path(), &["--workers", "2"]);
     let clients = 16;
     let load = Load::start(c.addr, clients);
     thread::sleep(Duration::from_millis(500));
@@ -394,7 +179,7 @@ fn sigkilled_worker_under_load_is_replaced_within_a_second() {
 #[test]
 fn a_worker_killed_again_and_again_backs_off_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start(dir.path(), &["--workers", "2"]);
+    let c = Server::cluster(dir.path(), &["--workers", "2"]);
     let started_before = c.count("worker started");
     let end = Instant::now() + Duration::from_secs(6);
     while Instant::now() < end {
@@ -411,7 +196,7 @@ fn a_worker_killed_again_and_again_backs_off_then_recovers() {
     // The service comes back by itself.
     let end = Instant::now() + Duration::from_secs(20);
     loop {
-        if get(c.addr, "/healthz").is_ok_and(|r| r.status == 200) && c.children().len() == 2 {
+        if try_get(c.addr, "/healthz").is_ok_and(|r| r.status == 200) && c.children().len() == 2 {
             break;
         }
         assert!(Instant::now() < end, "service did not come back");
@@ -422,18 +207,14 @@ fn a_worker_killed_again_and_again_backs_off_then_recovers() {
 #[test]
 fn sighup_under_load_drops_nothing_and_replaces_every_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start(dir.path(), &["--workers", "2", "--grace", "10s"]);
+    let c = Server::cluster(dir.path(), &["--workers", "2", "--grace", "10s"]);
     let old: HashSet<u32> = c.ready_pids().into_iter().map(|(p, _)| p).collect();
     let load = Load::start(c.addr, 64);
     thread::sleep(Duration::from_millis(800));
     c.signal(libc::SIGHUP);
     c.wait_phase("ready", 1, Duration::from_secs(20));
     // Wait until the old generation has exited, under load all along.
-    let end = Instant::now() + Duration::from_secs(15);
-    while c.children().iter().any(|p| old.contains(&(*p as u32))) {
-        assert!(Instant::now() < end, "old workers did not exit");
-        thread::sleep(Duration::from_millis(20));
-    }
+    c.wait_gone(&old, Duration::from_secs(15));
     thread::sleep(Duration::from_millis(500));
     let (ok, non_2xx, errors) = load.finish();
     eprintln!("SIGHUP under load: ok={ok} non2xx={non_2xx} errors={errors}");
@@ -443,7 +224,7 @@ fn sighup_under_load_drops_nothing_and_replaces_every_worker() {
     assert_eq!(new.len(), 2);
     assert!(new.is_disjoint(&old), "old {old:?} new {new:?}");
     for _ in 0..6 {
-        let pid = get(c.addr, "/healthz").unwrap().worker_pid.unwrap();
+        let pid = try_get(c.addr, "/healthz").unwrap().worker_pid().unwrap();
         assert!(new.contains(&pid));
     }
 }
@@ -452,7 +233,7 @@ fn sighup_under_load_drops_nothing_and_replaces_every_worker() {
 #[ignore = "needs wrk (.ci/run installs it)"]
 fn sighup_under_wrk_sees_no_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start(dir.path(), &["--workers", "2"]);
+    let c = Server::cluster(dir.path(), &["--workers", "2"]);
     let script = dir.path().join("post.lua");
     std::fs::write(
         &script,
@@ -481,7 +262,7 @@ fn sighup_under_wrk_sees_no_errors() {
 #[test]
 fn sigterm_lets_a_slow_upload_finish_refuses_new_connections_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(dir.path(), &["--workers", "2", "--grace", "20s"]);
+    let mut c = Server::cluster(dir.path(), &["--workers", "2", "--grace", "20s"]);
     let body: Vec<u8> = (0..4u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
@@ -509,7 +290,7 @@ fn sigterm_lets_a_slow_upload_finish_refuses_new_connections_and_exits_zero() {
         s.write_all(piece).unwrap();
         thread::sleep(Duration::from_millis(50));
     }
-    let r = read_resp(&mut BufReader::new(s)).unwrap();
+    let r = read_one(&mut BufReader::new(s)).unwrap();
     assert_eq!(r.status, 200);
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["hash"].as_str().unwrap(), want);
@@ -518,28 +299,9 @@ fn sigterm_lets_a_slow_upload_finish_refuses_new_connections_and_exits_zero() {
 }
 
 #[test]
-fn sigterm_kills_what_is_left_at_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(dir.path(), &["--workers", "2", "--grace", "1s"]);
-    let mut s = TcpStream::connect(c.addr).unwrap();
-    s.write_all(b"POST /hash HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\nabc")
-        .unwrap();
-    thread::sleep(Duration::from_millis(200));
-    let start = Instant::now();
-    c.signal(libc::SIGTERM);
-    let status = c.wait_exit(Duration::from_secs(10)).expect("exited");
-    assert_eq!(status.code(), Some(0));
-    let took = start.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
-}
-
-#[test]
 fn sigquit_stops_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(dir.path(), &["--workers", "2", "--grace", "30s"]);
+    let mut c = Server::cluster(dir.path(), &["--workers", "2", "--grace", "30s"]);
     let mut s = TcpStream::connect(c.addr).unwrap();
     s.write_all(b"POST /hash HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\nabc")
         .unwrap();
@@ -550,32 +312,11 @@ fn sigquit_stops_at_once() {
 }
 
 #[test]
-fn taken_address_fails_fast_with_a_clear_message() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let start = Instant::now();
-    let out = Command::new(BIN)
-        .args(["serve", "--workers", "2", "--listen", &addr, "--root"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot listen on") && err.contains("in use"),
-        "{err}"
-    );
-    assert!(!err.contains("worker started"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(5));
-}
-
-#[test]
 fn a_new_generation_that_cannot_start_leaves_the_old_one_serving() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    let c = Cluster::start(&root, &["--workers", "2"]);
+    let c = Server::cluster(&root, &["--workers", "2"]);
     let old: HashSet<u32> = c.children().into_iter().map(|p| p as u32).collect();
     // New workers will fail to open --root; the running ones hold it open.
     std::fs::remove_dir(&root).unwrap();
@@ -596,7 +337,7 @@ fn a_new_generation_that_cannot_start_leaves_the_old_one_serving() {
     thread::sleep(Duration::from_millis(300));
     let now: HashSet<u32> = c.children().into_iter().map(|p| p as u32).collect();
     assert_eq!(now, old, "the old workers keep serving");
-    assert_eq!(get(c.addr, "/healthz").unwrap().status, 200);
+    assert_eq!(try_get(c.addr, "/healthz").unwrap().status, 200);
 }
 
 /// `hashpress serve --workers 2` given `listener` the way systemd does:
@@ -653,7 +394,7 @@ fn socket_activation_and_sd_notify() {
         .unwrap();
     let mut cmd = activated(&listener, dir.path());
     cmd.env("NOTIFY_SOCKET", &notify_path);
-    let c = Cluster::spawn(cmd);
+    let c = Server::spawn_cluster(cmd);
     assert_eq!(c.addr, addr, "serves on the socket it was given");
     drop(listener);
     let mut buf = [0u8; 512];
@@ -663,7 +404,7 @@ fn socket_activation_and_sd_notify() {
     };
     assert!(recv().starts_with("STATUS=starting"));
     assert!(recv().starts_with("READY=1\n"));
-    assert_eq!(get(addr, "/healthz").unwrap().status, 200);
+    assert_eq!(try_get(addr, "/healthz").unwrap().status, 200);
     c.signal(libc::SIGHUP);
     let m = recv();
     assert!(m.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{m}");
@@ -681,7 +422,7 @@ fn socket_activation_and_sd_notify() {
 fn max_worker_rss_recycles_workers_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     // Any worker is over 1 MiB: each gets recycled, one replacement at a time.
-    let c = Cluster::start(dir.path(), &["--workers", "2", "--max-worker-rss", "1MiB"]);
+    let c = Server::cluster(dir.path(), &["--workers", "2", "--max-worker-rss", "1MiB"]);
     let old: HashSet<u32> = c.ready_pids().into_iter().map(|(p, _)| p).collect();
     let load = Load::start(c.addr, 8);
     let v = c.wait_log(Duration::from_secs(10), |v| {

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_hashpress");
 
 /// A running server; killed when dropped.
@@ -42,7 +44,7 @@ impl Server {
         clean_env(&mut cmd);
         // One process unless the test asks for workers: what these tests
         // measure (memory, pids, signals) is then the serving process itself.
-        // Cluster behaviour has its own tests in cluster.rs.
+        // Cluster behaviour has its own tests (`Server::cluster`).
         if !args.contains(&"--workers") {
             cmd.arg("--workers").arg("0");
         }
@@ -51,6 +53,117 @@ impl Server {
         }
         let (child, addr, log) = spawn_listening(cmd);
         Server { child, addr, log }
+    }
+
+    /// A supervisor and its workers (`args` says how many; 2 by default),
+    /// returned once generation 0 is serving.
+    pub fn cluster(root: &Path, args: &[&str]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--root",
+        ])
+        .arg(root)
+        .args(args);
+        clean_env(&mut cmd);
+        Server::spawn_cluster(cmd)
+    }
+
+    /// A supervisor started by `cmd` (a test's own command line), returned
+    /// once generation 0 is serving.
+    pub fn spawn_cluster(cmd: Command) -> Server {
+        let (child, addr, log) = spawn_listening(cmd);
+        let s = Server { child, addr, log };
+        s.wait_phase("ready", 0, Duration::from_secs(15));
+        s
+    }
+
+    /// Waits until the supervisor publishes `phase` with `generation`
+    /// serving (`workers` in `/metrics.json`): the state itself, not a log
+    /// line about it.
+    pub fn wait_phase(&self, phase: &str, generation: u64, limit: Duration) {
+        let end = Instant::now() + limit;
+        let mut seen = Value::Null;
+        while Instant::now() < end {
+            let r = request(self.addr, "GET", "/metrics.json", &[], b"");
+            if r.status == 200 {
+                seen = r.json()["workers"].clone();
+                if seen["phase"] == phase && seen["generation"] == generation {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "never {phase} at generation {generation} (last: {seen}); log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+
+    /// The supervisor's own JSON log records (worker lines carry a "worker"
+    /// field first and are included too).
+    pub fn records(&self) -> Vec<Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn count(&self, message: &str) -> usize {
+        self.records()
+            .iter()
+            .filter(|v| v["message"] == message)
+            .count()
+    }
+
+    /// Waits for a record matching `f`; panics with the log on timeout.
+    pub fn wait_log(&self, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(v) = self.records().into_iter().find(&f) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "log line not seen; log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+
+    /// Pids that the supervisor reported ready, with their generation.
+    pub fn ready_pids(&self) -> Vec<(u32, u64)> {
+        self.records()
+            .iter()
+            .filter(|v| v["message"] == "worker ready")
+            .map(|v| {
+                (
+                    v["pid"].as_u64().unwrap() as u32,
+                    v["generation"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Live direct children of the supervisor, read from /proc.
+    pub fn children(&self) -> Vec<i32> {
+        children_of(self.pid())
+    }
+
+    /// Waits until none of the workers in `old` is a child any more (an old
+    /// generation has finished its drain).
+    pub fn wait_gone(&self, old: &std::collections::HashSet<u32>, limit: Duration) {
+        let end = Instant::now() + limit;
+        while self.children().iter().any(|p| old.contains(&(*p as u32))) {
+            assert!(Instant::now() < end, "old workers did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -152,6 +265,29 @@ impl Drop for Server {
     }
 }
 
+/// Live (not zombie) children of `parent`, read from /proc.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state, ppid, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next();
+        if state != Some("Z") && f.next().and_then(|p| p.parse().ok()) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 pub fn rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -189,6 +325,17 @@ impl Response {
             .map(|s| s.as_str())
     }
 
+    /// The server said it closes the connection after this answer.
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+
+    /// The worker process that answered (cluster mode).
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.header("x-worker-pid")?.parse().ok()
+    }
+
     /// Asserts the JSON error shape and returns the code.
     pub fn error_code(&self) -> String {
         let v = self.json();
@@ -224,6 +371,76 @@ pub fn request(
     // The server may answer (e.g. 413) before reading the body: ignore write errors.
     let _ = s.write_all(body);
     read_response(&mut s)
+}
+
+/// `GET path` on a fresh connection, for tests where the server may be
+/// down or restarting: an error instead of a panic.
+pub fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    read_one(&mut BufReader::new(s))
+}
+
+/// Reads one response from a connection that stays open (keep-alive):
+/// the head, then a `Content-Length` or chunked body.
+pub fn read_one(r: &mut impl BufRead) -> std::io::Result<Response> {
+    use std::io::ErrorKind::{InvalidData, UnexpectedEof};
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(UnexpectedEof.into());
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(InvalidData)?;
+    let mut headers = HashMap::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(UnexpectedEof.into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap_or((l, ""));
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let mut body = Vec::new();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| InvalidData)?;
+            let mut chunk = vec![0; size + 2];
+            r.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        body.resize(len, 0);
+        r.read_exact(&mut body)?;
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {

@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{Cluster, Load, activated, get};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hashpress");
+use crate::cluster::{Load, activated};
+use crate::helpers::{BIN, Server, try_get};
 
 /// Copies the binary to `to` with `cp`: the copy is written by another
 /// process, so no descriptor open for writing on it can leak from ours into a
@@ -40,7 +39,7 @@ fn file_id(path: impl AsRef<Path>) -> (u64, u64) {
 }
 
 /// Starts a supervisor by running `exe` (so argv[0] is that path).
-fn start_as(exe: &Path, root: &Path) -> Cluster {
+fn start_as(exe: &Path, root: &Path) -> Server {
     let mut cmd = Command::new(exe);
     cmd.args([
         "serve",
@@ -56,11 +55,11 @@ fn start_as(exe: &Path, root: &Path) -> Cluster {
     ])
     .arg(root);
     crate::helpers::clean_env(&mut cmd);
-    Cluster::spawn(cmd)
+    Server::spawn_cluster(cmd)
 }
 
 /// The files the supervisor's live workers run.
-fn worker_files(c: &Cluster) -> Vec<(u64, u64)> {
+fn worker_files(c: &Server) -> Vec<(u64, u64)> {
     c.children()
         .into_iter()
         .map(|pid| file_id(format!("/proc/{pid}/exe")))
@@ -70,18 +69,14 @@ fn worker_files(c: &Cluster) -> Vec<(u64, u64)> {
 /// SIGHUP under load after `deploy` has put the new release in place; asserts
 /// that every new worker runs `new_file`, that none failed a request, and
 /// returns the reload's log record.
-fn reload_under_load(c: &Cluster, deploy: impl FnOnce(), new_file: &Path) -> Value {
+fn reload_under_load(c: &Server, deploy: impl FnOnce(), new_file: &Path) -> Value {
     let old: HashSet<u32> = c.children().into_iter().map(|p| p as u32).collect();
     let load = Load::start(c.addr, 16);
     thread::sleep(Duration::from_millis(300));
     deploy();
     c.signal(libc::SIGHUP);
     c.wait_phase("ready", 1, Duration::from_secs(20));
-    let end = Instant::now() + Duration::from_secs(15);
-    while c.children().iter().any(|p| old.contains(&(*p as u32))) {
-        assert!(Instant::now() < end, "old workers did not exit");
-        thread::sleep(Duration::from_millis(20));
-    }
+    c.wait_gone(&old, Duration::from_secs(15));
     thread::sleep(Duration::from_millis(300));
     let (ok, non_2xx, errors) = load.finish();
     eprintln!("upgrade under load: ok={ok} non2xx={non_2xx} errors={errors}");
@@ -191,7 +186,7 @@ fn reload_exe_overrides_the_invoked_path() {
         .arg(dir.path())
         .current_dir(dir.path());
     crate::helpers::clean_env(&mut cmd);
-    let c = Cluster::spawn(cmd);
+    let c = Server::spawn_cluster(cmd);
     assert_eq!(worker_files(&c), [file_id(BIN)]);
     c.signal(libc::SIGHUP);
     c.wait_phase("ready", 1, Duration::from_secs(20));
@@ -264,7 +259,7 @@ fn version_and_build_info_name_the_release_of_every_process() {
     }
 }
 
-fn get_text(c: &Cluster, path: &str) -> String {
+fn get_text(c: &Server, path: &str) -> String {
     let r = crate::helpers::request(c.addr, "GET", path, &[], b"");
     assert_eq!(r.status, 200);
     r.text()
@@ -279,7 +274,7 @@ fn a_supervisor_hands_over_a_passed_socket_without_refusing_a_connection() {
     let dir = tempfile::tempdir().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut a = Cluster::spawn(activated(&listener, dir.path()));
+    let mut a = Server::spawn_cluster(activated(&listener, dir.path()));
     assert_eq!(a.addr, addr);
     let a_workers: HashSet<u32> = a.children().into_iter().map(|p| p as u32).collect();
     let load = Load::start(addr, 16);
@@ -287,7 +282,7 @@ fn a_supervisor_hands_over_a_passed_socket_without_refusing_a_connection() {
     let before = load.tally.max_latency_us.swap(0, Ordering::Relaxed);
     // Stop the old supervisor and start the new one at once, as a restart does.
     a.signal(libc::SIGTERM);
-    let b = Cluster::spawn(activated(&listener, dir.path()));
+    let b = Server::spawn_cluster(activated(&listener, dir.path()));
     let status = a
         .wait_exit(Duration::from_secs(15))
         .expect("A drained and exited");
@@ -312,7 +307,7 @@ fn a_supervisor_hands_over_a_passed_socket_without_refusing_a_connection() {
     assert_eq!(b_workers.len(), 2);
     assert!(b_workers.is_disjoint(&a_workers));
     for _ in 0..4 {
-        let pid = get(addr, "/healthz").unwrap().worker_pid.unwrap();
+        let pid = try_get(addr, "/healthz").unwrap().worker_pid().unwrap();
         assert!(
             b_workers.contains(&pid),
             "answered by {pid}, not B's workers"
