@@ -14,7 +14,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 
 use crate::block_pipeline::BlockPipeline;
-use crate::config::{CheckArgs, CompressArgs, DecompressArgs, HashArgs};
+use crate::config::{CheckArgs, CompressArgs, DecompressArgs, HashArgs, OutputArgs};
 use crate::cpu_pool::{CpuPool, PoolError, PoolLimits};
 use crate::kernel::codec::Format as CodecFormat;
 use crate::kernel::{AlgorithmList, BlockCutter, Codec, MultiHasher};
@@ -544,7 +544,7 @@ pub fn compress(args: &CompressArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let to_stdout = args.stdout || args.files.iter().any(|f| f.as_os_str() == "-");
+    let to_stdout = args.output.stdout || args.files.iter().any(|f| f.as_os_str() == "-");
     if let Some(code) = refuse_terminal(to_stdout) {
         return code;
     }
@@ -553,37 +553,48 @@ pub fn compress(args: &CompressArgs) -> ExitCode {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
-    let bar = progress::bytes(total_size(&args.files));
+    each_input(&args.files, &args.output, |path, to_stdout, bar| {
+        let (mut input, meta) = open_input(path)?;
+        let mut sink = if to_stdout {
+            Sink::Stdout(io::stdout().lock())
+        } else {
+            if path.to_string_lossy().ends_with(format.suffix()) {
+                return Err(Trouble(format!(
+                    "{} already has the {} suffix",
+                    path.display(),
+                    format.suffix()
+                )));
+            }
+            let mut dest = path.as_os_str().to_owned();
+            dest.push(format.suffix());
+            Sink::create(Path::new(&dest), args.output.force)?
+        };
+        rt.block_on(compress_stream(
+            &pool,
+            codec,
+            &mut input,
+            sink.writer(),
+            bar,
+        ))?;
+        sink.commit(meta.as_ref())
+    })
+}
+
+/// Runs `one` on each input with the progress bar, as gzip does: an input
+/// that fails is reported and the others are still done; one that succeeds
+/// is removed unless kept (-k, -c, standard input).
+fn each_input(
+    files: &[PathBuf],
+    output: &OutputArgs,
+    mut one: impl FnMut(&Path, bool, &ProgressBar) -> Result<(), Trouble>,
+) -> ExitCode {
+    let bar = progress::bytes(total_size(files));
     let mut status = 0u8;
-    for path in &args.files {
+    for path in files {
         let stdin = path.as_os_str() == "-";
-        let r = (|| {
-            let (mut input, meta) = open_input(path)?;
-            let mut sink = if args.stdout || stdin {
-                Sink::Stdout(io::stdout().lock())
-            } else {
-                if path.to_string_lossy().ends_with(format.suffix()) {
-                    return Err(Trouble(format!(
-                        "{} already has the {} suffix",
-                        path.display(),
-                        format.suffix()
-                    )));
-                }
-                let mut dest = path.as_os_str().to_owned();
-                dest.push(format.suffix());
-                Sink::create(Path::new(&dest), args.force)?
-            };
-            rt.block_on(compress_stream(
-                &pool,
-                codec,
-                &mut input,
-                sink.writer(),
-                &bar,
-            ))?;
-            sink.commit(meta.as_ref())
-        })();
-        match r {
-            Ok(()) if !(args.keep || args.stdout || stdin) => {
+        let to_stdout = output.stdout || stdin;
+        match one(path, to_stdout, &bar) {
+            Ok(()) if !(output.keep || to_stdout) => {
                 if let Err(e) = std::fs::remove_file(path) {
                     bar.suspend(|| eprintln!("hashpress: {}: {e}", path.display()));
                     status = MISMATCH;
@@ -610,57 +621,37 @@ fn shown_input(path: &Path) -> String {
 
 /// `hashpress decompress [-k] [-c] [-f] FILE...`
 pub fn decompress(args: &DecompressArgs) -> ExitCode {
-    let bar = progress::bytes(total_size(&args.files));
-    let mut status = 0u8;
-    for path in &args.files {
-        let stdin = path.as_os_str() == "-";
-        let r = (|| {
-            // The output name first: a wrong name is refused before anything is read.
-            let dest = if args.stdout || stdin {
-                None
-            } else {
-                let name = path.to_string_lossy();
-                let stem = CodecFormat::ALL
-                    .iter()
-                    .find_map(|f| name.strip_suffix(f.suffix()).filter(|s| !s.is_empty()));
-                let Some(stem) = stem else {
-                    return Err(Trouble(format!(
-                        "{name}: unknown suffix (expected .gz or .zst; -c writes to standard output)"
-                    )));
-                };
-                Some(PathBuf::from(stem))
+    each_input(&args.files, &args.output, |path, to_stdout, bar| {
+        // The output name first: a wrong name is refused before anything is read.
+        let dest = if to_stdout {
+            None
+        } else {
+            let name = path.to_string_lossy();
+            let stem = CodecFormat::ALL
+                .iter()
+                .find_map(|f| name.strip_suffix(f.suffix()).filter(|s| !s.is_empty()));
+            let Some(stem) = stem else {
+                return Err(Trouble(format!(
+                    "{name}: unknown suffix (expected .gz or .zst; -c writes to standard output)"
+                )));
             };
-            let (input, meta) = open_input(path)?;
-            let mut input = io::BufReader::with_capacity(1 << 20, BarReader(input, &bar));
-            let head = input.fill_buf()?;
-            let Some(format) = CodecFormat::sniff(head) else {
-                return Err(Trouble("not in gzip or zstd format".into()));
-            };
-            let mut sink = match &dest {
-                None => Sink::Stdout(io::stdout().lock()),
-                Some(d) => Sink::create(d, args.force)?,
-            };
-            let mut decoder = format.decoder(input)?;
-            io::copy(&mut decoder, sink.writer())
-                .map_err(|e| Trouble(format!("corrupt {} data: {e}", format.name())))?;
-            sink.commit(meta.as_ref())
-        })();
-        match r {
-            Ok(()) if !(args.keep || args.stdout || stdin) => {
-                if let Err(e) = std::fs::remove_file(path) {
-                    bar.suspend(|| eprintln!("hashpress: {}: {e}", path.display()));
-                    status = MISMATCH;
-                }
-            }
-            Ok(()) => {}
-            Err(Trouble(e)) => {
-                bar.suspend(|| eprintln!("hashpress: {}: {e}", shown_input(path)));
-                status = MISMATCH;
-            }
-        }
-    }
-    bar.finish_and_clear();
-    ExitCode::from(status)
+            Some(PathBuf::from(stem))
+        };
+        let (input, meta) = open_input(path)?;
+        let mut input = io::BufReader::with_capacity(1 << 20, BarReader(input, bar));
+        let head = input.fill_buf()?;
+        let Some(format) = CodecFormat::sniff(head) else {
+            return Err(Trouble("not in gzip or zstd format".into()));
+        };
+        let mut sink = match &dest {
+            None => Sink::Stdout(io::stdout().lock()),
+            Some(d) => Sink::create(d, args.output.force)?,
+        };
+        let mut decoder = format.decoder(input)?;
+        io::copy(&mut decoder, sink.writer())
+            .map_err(|e| Trouble(format!("corrupt {} data: {e}", format.name())))?;
+        sink.commit(meta.as_ref())
+    })
 }
 
 /// Counts the compressed bytes read, for the progress bar.

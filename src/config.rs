@@ -108,15 +108,8 @@ pub struct CompressArgs {
     /// Output format.
     #[arg(long, default_value = "gzip", value_name = "FORMAT", value_parser = ["gzip", "zstd"])]
     pub format: String,
-    /// Keep (do not delete) the input files.
-    #[arg(short, long)]
-    pub keep: bool,
-    /// Write to standard output, keep the input files.
-    #[arg(short = 'c', long = "stdout")]
-    pub stdout: bool,
-    /// Overwrite existing output files.
-    #[arg(short, long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Threads compressing blocks (default: one per core).
     #[arg(short = 'p', long = "processes", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -126,9 +119,9 @@ pub struct CompressArgs {
     pub files: Vec<PathBuf>,
 }
 
-/// `hashpress decompress`.
+/// Where `compress` and `decompress` put their outputs (gzip's flags).
 #[derive(Args, Debug, Clone)]
-pub struct DecompressArgs {
+pub struct OutputArgs {
     /// Keep (do not delete) the input files.
     #[arg(short, long)]
     pub keep: bool,
@@ -138,6 +131,13 @@ pub struct DecompressArgs {
     /// Overwrite existing output files.
     #[arg(short, long)]
     pub force: bool,
+}
+
+/// `hashpress decompress`.
+#[derive(Args, Debug, Clone)]
+pub struct DecompressArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Files ending in .gz or .zst; `-` is standard input.
     #[arg(value_name = "FILE", default_value = "-")]
     pub files: Vec<PathBuf>,

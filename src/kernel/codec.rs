@@ -339,11 +339,12 @@ impl BlockCutter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Read;
 
-    fn text(len: usize) -> Vec<u8> {
+    /// Compressible text of `len` bytes, for the codecs' tests.
+    pub(crate) fn text(len: usize) -> Vec<u8> {
         let words = ["alpha ", "beta ", "gamma\n", "delta ", "epsilon "];
         let mut v = Vec::new();
         let mut x = 1u32;

@@ -135,6 +135,7 @@ pub fn compress_block(input: &[u8], dict: &[u8], level: Level, last: bool) -> (V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::codec::tests::text;
     use crate::kernel::codec::{Encode, Stream};
     use flate2::read::GzDecoder;
     use std::io::Read;
@@ -187,18 +188,6 @@ mod tests {
         }
         out.extend_from_slice(&trailer(&crc));
         out
-    }
-
-    fn text(len: usize) -> Vec<u8> {
-        let words = ["alpha ", "beta ", "gamma\n", "delta ", "epsilon "];
-        let mut v = Vec::new();
-        let mut x = 1u32;
-        while v.len() < len {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            v.extend_from_slice(words[(x >> 16) as usize % words.len()].as_bytes());
-        }
-        v.truncate(len);
-        v
     }
 
     #[test]

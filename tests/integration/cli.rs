@@ -1,30 +1,12 @@
 //! `hashpress hash` and `hashpress check` on the command line: output that
 //! `sha256sum -c` reads, and coreutils' exit statuses.
 
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use crate::helpers::*;
 
 fn run(cwd: &std::path::Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Written from a thread: a child that writes while it reads (compress
-    // from standard input) would fill its stdout pipe and wait for us.
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+    run_with_stdin(Command::new(BIN).args(args).current_dir(cwd), stdin)
 }
 
 #[test]

@@ -4,26 +4,14 @@
 //! refused with 400, `.zst` written atomically.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::helpers::*;
 
-/// `zstd -dc`, the reference CLI (libzstd): only CI installs it.
+/// `zstd -dc`, the reference CLI (libzstd), with an 8 MiB memory limit:
+/// only CI installs it.
 fn zstd_cli_decompress(data: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("zstd")
-        .args(["-dc", "--memory=8MB"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("zstd is installed (.ci/run installs it)");
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
+    let out = run_with_stdin(Command::new("zstd").args(["-dc", "--memory=8MB"]), data);
     assert!(
         out.status.success(),
         "zstd -d refused the stream: {}",

@@ -604,22 +604,29 @@ pub fn oracle(path: &Path, algs: &str) -> HashMap<String, String> {
     out
 }
 
-/// Decompresses with the system `gzip -dc`.
-pub fn gunzip(data: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("gzip")
-        .arg("-dc")
+/// Runs `cmd` with `stdin` as its standard input, stdout and stderr
+/// collected. The input is written from a thread: a program that writes
+/// while it reads would fill its stdout pipe and wait for us.
+pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> std::process::Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("gzip");
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
     let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
+        let _ = input.write_all(&data);
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
+    out
+}
+
+/// Decompresses with the system `gzip -dc`.
+pub fn gunzip(data: &[u8]) -> Vec<u8> {
+    let out = run_with_stdin(Command::new("gzip").arg("-dc"), data);
     assert!(
         out.status.success(),
         "gzip -d refused the stream: {}",
