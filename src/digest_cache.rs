@@ -32,6 +32,10 @@ const ENTRY_OVERHEAD: u64 = 160;
 pub struct Key {
     id: Identity,
     algs: Vec<Algorithm>,
+    /// None for the digests of the source's own bytes; for those of an
+    /// output made from it (a compressed download, RFC 9530 `Repr-Digest`),
+    /// what determines that output: route and query.
+    output: Option<String>,
 }
 
 impl Key {
@@ -39,6 +43,16 @@ impl Key {
         Key {
             id,
             algs: algs.as_slice().to_vec(),
+            output: None,
+        }
+    }
+
+    /// The digests of the output `what` makes from this version of a
+    /// source; `what` must name everything the output's bytes depend on.
+    pub fn output(id: Identity, algs: &AlgorithmList, what: String) -> Key {
+        Key {
+            output: Some(what),
+            ..Key::new(id, algs)
         }
     }
 }

@@ -19,6 +19,10 @@ pub enum ApiError {
     NotAFile(String),
     /// 400: the request body could not be read (malformed chunked encoding, ...).
     BadBody(String),
+    /// 400: a Digest Field of the request (RFC 9530) does not parse.
+    BadDigestField(String),
+    /// 400: the content does not match the request's `Content-Digest`.
+    DigestMismatch(crate::http::digest_fields::Mismatch),
     /// 400: the request head breaks HTTP/1.1 (Host, Authorization, chunked twice).
     BadHead(&'static str),
     /// 401: no valid bearer token (`--token-file`); true when one was
@@ -71,9 +75,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            BadQuery(_) | BadPath(_) | NotAFile(_) | BadBody(_) | BadHead(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            BadQuery(_) | BadPath(_) | NotAFile(_) | BadBody(_) | BadHead(_)
+            | BadDigestField(_) | DigestMismatch(_) => StatusCode::BAD_REQUEST,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             OutsideRoot(_) | WritesDisabled | WriteRefused(_) | AccessDenied(_) => {
                 StatusCode::FORBIDDEN
@@ -101,6 +104,8 @@ impl ApiError {
             NotAFile(_) => "not_a_file",
             BadBody(_) => "bad_body",
             BadHead(_) => "bad_head",
+            BadDigestField(_) => "bad_digest_field",
+            DigestMismatch(_) => "digest_mismatch",
             Unauthorized(_) => "unauthorized",
             OutsideRoot(_) => "outside_root",
             WritesDisabled => "writes_disabled",
@@ -127,10 +132,12 @@ impl ApiError {
         use ApiError::*;
         match self {
             BadQuery(m) | BadPath(m) | BadBody(m) | OutsideRoot(m) | SourceChanged(m)
-            | WriteRefused(m) | AccessDenied(m) | StorageUnavailable(m) | StorageTimeout(m) => {
+            | WriteRefused(m) | AccessDenied(m) | StorageUnavailable(m) | StorageTimeout(m)
+            | BadDigestField(m) => {
                 m.clone()
             }
             BadHead(m) => (*m).into(),
+            DigestMismatch(m) => m.to_string(),
             NotAFile(p) => format!("'{p}' is not a regular file"),
             Unauthorized(false) => {
                 "this endpoint requires 'Authorization: Bearer <token>'".into()

@@ -8,8 +8,11 @@ use axum::http::header;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
+use super::digest_fields::{Expected, Mismatch};
 use crate::config::Limit;
 use crate::error::ApiError;
+use crate::kernel::{AlgorithmList, MultiHasher};
+use crate::metrics::Slot;
 
 /// Yields the body's data chunks, enforcing `--max-body` and
 /// `--body-read-timeout`.
@@ -18,6 +21,15 @@ pub struct BodyReader {
     limit: Option<u64>,
     timeout: Duration,
     read: u64,
+    /// `verified`: the declared digests and the hasher computing them as
+    /// the chunks go by; checked at the end of the body.
+    check: Option<Box<Check>>,
+}
+
+struct Check {
+    expected: Expected,
+    hasher: MultiHasher,
+    metrics: &'static Slot,
 }
 
 impl BodyReader {
@@ -35,7 +47,28 @@ impl BodyReader {
             limit,
             timeout,
             read: 0,
+            check: None,
         })
+    }
+
+    /// `new`, checking the body against the request's `Content-Digest`, if
+    /// it has one, as the chunks go by: the end of the body is then a
+    /// `digest_mismatch` error when a digest differs. The hashing runs where
+    /// `next` is called: for handlers that do not hash the body themselves
+    /// (compression), at the cost of a SHA-2 pass (~2 GB/s with SHA-NI)
+    /// beside a codec that runs an order of magnitude slower.
+    pub fn verified(req: Request, st: &super::AppState) -> Result<BodyReader, ApiError> {
+        let expected = Expected::from_headers(req.headers())?;
+        let mut body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
+        if let Some(expected) = expected {
+            let algs = AlgorithmList::of(expected.algorithms());
+            body.check = Some(Box::new(Check {
+                hasher: MultiHasher::new(&algs),
+                expected,
+                metrics: st.metrics,
+            }));
+        }
+        Ok(body)
     }
 
     /// The next chunk, `None` at the end of the body.
@@ -43,7 +76,19 @@ impl BodyReader {
         loop {
             let frame = match tokio::time::timeout(self.timeout, self.body.frame()).await {
                 Err(_) => return Err(ApiError::BodyTimeout(self.timeout.as_secs())),
-                Ok(None) => return Ok(None),
+                Ok(None) => {
+                    if let Some(c) = self.check.take() {
+                        let Check {
+                            expected,
+                            hasher,
+                            metrics,
+                        } = *c;
+                        expected
+                            .check(&hasher.finish())
+                            .map_err(|m| mismatch(metrics, m))?;
+                    }
+                    return Ok(None);
+                }
                 Ok(Some(Err(e))) => {
                     return Err(ApiError::BadBody(format!(
                         "the request body could not be read: {}",
@@ -62,9 +107,26 @@ impl BodyReader {
             {
                 return Err(ApiError::BodyTooLarge(max));
             }
+            if let Some(c) = &mut self.check {
+                c.hasher.update(&data);
+            }
             return Ok(Some(data));
         }
     }
+}
+
+/// A content that does not match its `Content-Digest`: counted and logged
+/// here, whichever handler found it, since on a streamed answer the client
+/// only sees a cut stream.
+pub fn mismatch(metrics: &Slot, m: Mismatch) -> ApiError {
+    metrics.add_digest_mismatch();
+    tracing::warn!(
+        algorithm = m.key,
+        declared = %m.declared,
+        computed = %m.computed,
+        "request content does not match its Content-Digest"
+    );
+    ApiError::DigestMismatch(m)
 }
 
 fn declared_length(req: &Request) -> Option<u64> {

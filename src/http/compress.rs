@@ -20,6 +20,7 @@ use super::body::BodyReader;
 use super::file_job::{Output, Source, path_after};
 use super::parallel_compress::{self, AUTO_PARALLEL_BYTES};
 use super::query::Query;
+use super::sent_digest::SourceIdentity;
 use crate::cpu_pool::Lane;
 use crate::error::ApiError;
 use crate::kernel::{Codec, Encode};
@@ -52,11 +53,12 @@ pub async fn compress_file(
     let rel = path_after(req.uri().path(), "/compress/")?;
     let mut src = Source::open(&st, &rel).await?;
     src.plan(Op::Compress)?;
+    // What the bytes sent are made from, for their digest (`sent_digest`).
+    let made_from = SourceIdentity(src.identity().clone());
     if parallel.unwrap_or(src.size() >= AUTO_PARALLEL_BYTES) {
-        return Ok(compressed_response(
-            codec,
-            parallel_compress::file_body(&st, src, codec),
-        ));
+        let mut resp = compressed_response(codec, parallel_compress::file_body(&st, src, codec));
+        resp.extensions_mut().insert(made_from);
+        return Ok(resp);
     }
 
     struct Progress {
@@ -118,7 +120,9 @@ pub async fn compress_file(
             }
         }
     });
-    Ok(compressed_response(codec, Body::from_stream(stream)))
+    let mut resp = compressed_response(codec, Body::from_stream(stream));
+    resp.extensions_mut().insert(made_from);
+    Ok(resp)
 }
 
 /// The request body, compressed, streamed back as it arrives.
@@ -136,7 +140,7 @@ pub async fn compress_body(
     let parallel = query
         .parallel()?
         .unwrap_or(declared.is_some_and(|n| n >= AUTO_PARALLEL_BYTES));
-    let body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
+    let body = BodyReader::verified(req, &st)?;
     let lane = st.pool.lane();
     if let Some(n) = declared {
         lane.plan(Op::Compress, n)?;
@@ -220,6 +224,7 @@ pub async fn compress_to_file(
         .with_suffix(codec.format().suffix())
         .map_err(ApiError::from_path)?;
     let mut src = Source::open(&st, &rel).await?;
+    src.verify(req.headers(), st.metrics)?;
     src.plan(Op::Compress)?;
     // From here on, any error or a client that leaves drops `state`, and
     // with it the output: no partial `.gz`/`.zst`, no temporary, no upload left.

@@ -3,14 +3,17 @@
 //! every error. Handlers bring the synchronous kernel step; where each part
 //! runs is the storage backend's to say (`Work`, `Piece`), never theirs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 
 use super::AppState;
+use super::body::mismatch;
+use super::digest_fields::Expected;
 use crate::cpu_pool::{Lane, PoolError};
 use crate::error::ApiError;
-use crate::metrics::Op;
+use crate::kernel::{AlgorithmList, MultiHasher};
+use crate::metrics::{Op, Slot};
 use crate::root::RelPath;
 use crate::storage::{Identity, Object, PIECE_MAX, Piece, StorageError, Upload, Work};
 
@@ -53,7 +56,14 @@ pub struct Source {
     held: Option<Piece>,
     /// The key as the client wrote it, for answers and errors.
     shown: Arc<str>,
+    /// `verify`: the digests the client declared, and their hasher, fed
+    /// by each `step`'s pool job (one job at a time: the lock is never
+    /// contended).
+    check: Option<(Expected, SharedHasher, &'static Slot)>,
 }
+
+/// A hasher lent to each pool job in turn; `None` once finished.
+type SharedHasher = Arc<Mutex<Option<MultiHasher>>>;
 
 impl Source {
     /// Opens the source: right here when the backend can do it without
@@ -73,7 +83,24 @@ impl Source {
             obj,
             held: None,
             shown,
+            check: None,
         })
+    }
+
+    /// Checks the bytes `step` reads against the digests the request's
+    /// `Content-Digest` declares, if it has one: `check_unchanged` then
+    /// fails (`digest_mismatch`) when they differ, before anything is
+    /// committed.
+    pub fn verify(
+        &mut self,
+        headers: &axum::http::HeaderMap,
+        metrics: &'static Slot,
+    ) -> Result<(), ApiError> {
+        if let Some(expected) = Expected::from_headers(headers)? {
+            let hasher = MultiHasher::new(&AlgorithmList::of(expected.algorithms()));
+            self.check = Some((expected, Arc::new(Mutex::new(Some(hasher))), metrics));
+        }
+        Ok(())
     }
 
     /// Admission by size, once the request knows it will read the whole
@@ -178,10 +205,18 @@ impl Source {
             return Ok((state, None));
         };
         let shown = self.shown_arc();
+        let hasher = self.check.as_ref().map(|(_, h, _)| Arc::clone(h));
         self.lane
             .run(move || {
                 let r = piece
-                    .with_bytes(|bytes| f(&mut state, bytes))
+                    .with_bytes(|bytes| {
+                        if let Some(h) = &hasher
+                            && let Some(h) = h.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+                        {
+                            h.update(bytes);
+                        }
+                        f(&mut state, bytes)
+                    })
                     .map_err(|e| ApiError::from_storage(e, &shown, false))??;
                 Ok((state, Some(r)))
             })
@@ -209,7 +244,8 @@ impl Source {
     }
 
     /// After the last piece: the bytes read were one version of the source
-    /// (409 otherwise: a file rewritten or deleted, an object overwritten).
+    /// (409 otherwise: a file rewritten or deleted, an object overwritten),
+    /// and the one the client declared (`verify`; 400 otherwise).
     pub fn check_unchanged(&self) -> Result<(), ApiError> {
         let after = self
             .obj
@@ -220,6 +256,13 @@ impl Source {
                 "'{}' changed while it was read",
                 self.shown
             )));
+        }
+        if let Some((expected, hasher, metrics)) = &self.check
+            && let Some(h) = hasher.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            expected
+                .check(&h.finish())
+                .map_err(|m| mismatch(metrics, m))?;
         }
         Ok(())
     }

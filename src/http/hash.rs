@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::AppState;
-use super::body::BodyReader;
+use super::body::{BodyReader, mismatch};
+use super::digest_fields::Expected;
 use super::file_job::{Source, path_after};
 use super::query::Query;
 use crate::cpu_pool::Pending;
@@ -73,12 +74,24 @@ pub async fn hash_body(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(q.as_deref(), &["alg", "encoding"])?;
     let (algs, enc) = (query.algorithms()?, query.encoding()?);
+    // A Content-Digest is checked in the same pass: its algorithms are
+    // computed after the ones asked for, and left out of the answer.
+    let expected = Expected::from_headers(req.headers())?;
+    let mut computed = algs.clone();
+    if let Some(e) = &expected {
+        computed.add(e.algorithms());
+    }
+    let reply = Reply {
+        expected,
+        shown: algs.as_slice().len(),
+        enc,
+    };
     let mut body = BodyReader::new(req, st.max_body, st.body_read_timeout)?;
-    let mut hasher = MultiHasher::new(&algs);
+    let mut hasher = MultiHasher::new(&computed);
     while hasher.bytes() < INLINE_BODY {
         match body.next().await? {
             Some(chunk) => hasher.update(&chunk),
-            None => return Ok(body_digest(&st, hasher, enc)),
+            None => return reply.body_digest(&st, hasher),
         }
     }
     let offloaded = Offloaded::start();
@@ -122,13 +135,28 @@ pub async fn hash_body(
         Some(job) => job.wait().await?,
         None => idle.expect("no job holds the hasher"),
     };
-    Ok(body_digest(&st, hasher, enc))
+    reply.body_digest(&st, hasher)
 }
 
-fn body_digest(st: &AppState, hasher: MultiHasher, enc: Encoding) -> Response {
-    st.metrics
-        .add_bytes(Op::Hash, Direction::In, hasher.bytes());
-    digest_response(&hasher.finish(), None, enc)
+/// What `POST /hash` answers once the body is hashed.
+struct Reply {
+    expected: Option<Expected>,
+    /// The digests asked for: the first `shown` of those computed.
+    shown: usize,
+    enc: Encoding,
+}
+
+impl Reply {
+    fn body_digest(self, st: &AppState, hasher: MultiHasher) -> Result<Response, ApiError> {
+        st.metrics
+            .add_bytes(Op::Hash, Direction::In, hasher.bytes());
+        let mut digests = hasher.finish();
+        if let Some(e) = &self.expected {
+            e.check(&digests).map_err(|m| mismatch(st.metrics, m))?;
+        }
+        digests.entries.truncate(self.shown);
+        Ok(digest_response(&digests, None, self.enc))
+    }
 }
 
 /// The digest of a file or object under the root, hashed on the CPU pool

@@ -5,6 +5,7 @@ pub mod auth;
 mod body;
 mod compress;
 mod dashboard;
+pub(crate) mod digest_fields;
 mod file_job;
 pub(crate) mod hash;
 mod health;
@@ -15,6 +16,7 @@ mod openapi;
 mod parallel_compress;
 pub mod query;
 mod request_head;
+mod sent_digest;
 
 pub use observe::{Answer, App, ConnFacts};
 
@@ -88,7 +90,7 @@ fn handler(e: Endpoint) -> MethodRouter<AppState> {
         Endpoint::Hash => post(hash::hash_body),
         Endpoint::HashFile => get(hash::hash_file),
         Endpoint::Compress => post(compress::compress_body),
-        Endpoint::CompressPath => get(compress::compress_file).post(compress::compress_to_file),
+        Endpoint::CompressPath => get(sent_digest::compress_file).post(compress::compress_to_file),
         Endpoint::Manifest => get(manifest::manifest).post(manifest::check),
         Endpoint::Healthz => get(health::healthz),
         Endpoint::Readyz => get(health::readyz),

@@ -132,7 +132,8 @@ pub(crate) mod ix {
     const STORAGE_DUR: usize = STORAGE_REQ + N_SOP * N_SOUTCOME;
     const STORAGE_DUR_SUM: usize = STORAGE_DUR + N_SOP * N_BUCKET;
     const STORAGE_BYTES: usize = STORAGE_DUR_SUM + N_SOP;
-    pub const COUNT: usize = STORAGE_BYTES + 2;
+    pub const DIGEST_MISMATCH: usize = STORAGE_BYTES + 2;
+    pub const COUNT: usize = DIGEST_MISMATCH + 1;
 
     /// Every request counter, whatever its labels.
     pub const REQUESTS: std::ops::Range<usize> = REQ..DUR;
@@ -282,6 +283,11 @@ impl Slot {
 
     pub fn add_digest_cache(&self, hit: bool) {
         self.add(ix::cache(hit), 1);
+    }
+
+    /// A request's content did not match its `Content-Digest`.
+    pub fn add_digest_mismatch(&self) {
+        self.add(ix::DIGEST_MISMATCH, 1);
     }
 
     pub fn pool_enqueued(&self) {

@@ -19,7 +19,7 @@ use crate::build_info::Build;
 /// generation during a reload.
 pub const MAX_SLOTS: usize = 128;
 
-const MAGIC: u64 = 0x6873_7072_6573_7336; // "hspress6": bump when `Layout` changes
+const MAGIC: u64 = 0x6873_7072_6573_7337; // "hspress7": bump when `Layout` changes
 /// A slot claimed by the supervisor whose process has no pid yet.
 const RESERVED: u64 = u64::MAX;
 /// Words of a `BuildCell`: a length, then up to 88 bytes of text.

@@ -221,6 +221,17 @@ impl Snapshot {
                 self.c(ix::cache(hit))
             );
         }
+        header(
+            o,
+            "hashpress_digest_mismatch_total",
+            "counter",
+            "Request contents that did not match their Content-Digest (RFC 9530).",
+        );
+        let _ = writeln!(
+            o,
+            "hashpress_digest_mismatch_total {}",
+            self.c(ix::DIGEST_MISMATCH)
+        );
         for (name, help, v) in [
             (
                 "hashpress_pool_queue_depth",
@@ -470,6 +481,7 @@ impl Snapshot {
                 "queue_wait_buckets": queue_wait_buckets,
             },
             "digest_cache": { "hit": self.c(ix::cache(true)), "miss": self.c(ix::cache(false)) },
+            "digest_mismatch": self.c(ix::DIGEST_MISMATCH),
             "storage": self.storage_json(),
             "processes": processes,
         })

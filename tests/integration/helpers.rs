@@ -545,8 +545,8 @@ pub fn text_like(len: usize) -> Vec<u8> {
 /// nothing installed beyond python3:
 /// - SHA-256/512, SHA-1, MD5: Python's `hashlib` (OpenSSL), via
 ///   `tests/oracle.py`;
-/// - CRC32C: the `crc` crate's table-driven CRC-32/ISCSI (the server uses the
-///   `crc32c` crate's SSE4.2/ARMv8 instructions);
+/// - CRC32C, CRC32, CRC64NVME: the `crc` crate's table-driven CRCs (the
+///   server uses `crc-fast`'s carry-less multiply);
 /// - BLAKE3: no second implementation is to be had without installing one
 ///   (PyPI's `blake3` binds the very crate the server uses), so the crate's
 ///   one-shot hash of the whole file stands in. That checks how the server

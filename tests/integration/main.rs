@@ -9,6 +9,7 @@ mod codecs;
 mod config;
 mod confinement;
 mod dashboard;
+mod digest_fields;
 mod hardening;
 mod helpers;
 mod lifecycle;

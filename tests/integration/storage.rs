@@ -788,6 +788,50 @@ fn abandoned_write_leaves_nothing(b: &dyn Backend) {
     assert_eq!(srv.get("/healthz").status, 200);
 }
 
+/// RFC 9530: a `Content-Digest` that the source does not match stops the
+/// write before its commit: 400, and nothing left (past the first 5 MiB
+/// part, so an S3 upload had begun and is aborted).
+fn declared_digest_is_checked_before_the_write(b: &dyn Backend) {
+    use base64::Engine as _;
+    let data = pseudo_random(12 << 20, 11);
+    b.put("d.bin", &data);
+    let srv = b.serve(&["--allow-write"]);
+    let hex = hashlib(&data, &["sha256"]).remove("sha256").unwrap();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let right = format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(&bytes)
+    );
+    let wrong = format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+    );
+    let post = |field: &str| {
+        request(
+            srv.addr,
+            "POST",
+            "/compress/d.bin",
+            &[("Content-Digest", field)],
+            b"",
+        )
+    };
+    let r = post(&wrong);
+    assert_eq!(r.status, 400, "{}: {}", b.name(), r.text());
+    assert_eq!(r.error_code(), "digest_mismatch");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !b.leftovers().is_empty() {
+        assert!(Instant::now() < end, "left behind: {:?}", b.leftovers());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(b.read("d.bin.gz").map(|v| v.len()), None, "{}", b.name());
+    let r = post(&right);
+    assert_eq!(r.status, 200, "{}: {}", b.name(), r.text());
+    assert_eq!(gunzip(&b.read("d.bin.gz").expect("written")), data);
+}
+
 fn digest_cache_is_never_stale(b: &dyn Backend) {
     b.put("c.bin", b"first version");
     let srv = b.serve(&["--digest-cache", "1MiB"]);
@@ -811,6 +855,7 @@ fn all_handler_tests(b: &dyn Backend) {
     hostile_keys_stay_inside(b);
     missing_keys_are_404(b);
     abandoned_write_leaves_nothing(b);
+    declared_digest_is_checked_before_the_write(b);
     digest_cache_is_never_stale(b);
 }
 
