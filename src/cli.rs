@@ -1,18 +1,25 @@
 //! `hashpress hash` and `hashpress check`: the manifests and checks of the
 //! server, on the command line, without a server. The same walk, pipeline,
 //! formats and merge as `GET /manifest` and `POST /manifest/{dir}/check`,
-//! on a CPU pool of one thread per core in this process.
+//! on a CPU pool of one thread per core in this process. `hashpress
+//! compress` and `hashpress decompress`: the server's codecs and parallel
+//! compression (`BlockPipeline`) as a pigz-like tool.
 
-use std::io::{self, Read, Write};
-use std::path::Path;
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{CheckArgs, HashArgs};
-use crate::cpu_pool::{CpuPool, PoolLimits};
-use crate::kernel::{AlgorithmList, MultiHasher};
+use indicatif::ProgressBar;
+
+use crate::block_pipeline::BlockPipeline;
+use crate::config::{CheckArgs, CompressArgs, DecompressArgs, HashArgs, OutputArgs};
+use crate::cpu_pool::{CpuPool, PoolError, PoolLimits};
+use crate::kernel::codec::Format as CodecFormat;
+use crate::kernel::{AlgorithmList, BlockCutter, Codec, MultiHasher};
 use crate::metrics::Slot;
+use crate::progress;
 use crate::root::Root;
 use crate::tree::check::{Check, Verdict};
 use crate::tree::format::{self, Format};
@@ -23,10 +30,16 @@ const MISMATCH: u8 = 1;
 const TROUBLE: u8 = 2;
 
 fn runtime() -> io::Result<(tokio::runtime::Runtime, CpuPool)> {
+    runtime_with(None)
+}
+
+/// The runtime and a pool of `threads` (default: one per core).
+fn runtime_with(threads: Option<usize>) -> io::Result<(tokio::runtime::Runtime, CpuPool)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // A command line never sheds: it has all the time it needs.
     let pool = CpuPool::new(
         PoolLimits {
@@ -129,7 +142,9 @@ pub fn hash(args: &HashArgs) -> ExitCode {
                 status = TROUBLE;
                 continue;
             }
-            let ok = rt.block_on(walk_into(&pool, path, &algs, format, &stdout));
+            let bar = progress::bytes(None);
+            let ok = rt.block_on(walk_into(&pool, path, &algs, format, &stdout, &bar));
+            bar.finish_and_clear();
             if !ok {
                 status = TROUBLE;
             }
@@ -192,6 +207,7 @@ async fn walk_into(
     algs: &AlgorithmList,
     format: Format,
     stdout: &io::Stdout,
+    bar: &ProgressBar,
 ) -> bool {
     let root = match Root::open(dir) {
         Ok(r) => Arc::new(r),
@@ -217,7 +233,10 @@ async fn walk_into(
     let mut ok = true;
     let mut out = Vec::with_capacity(64 << 10);
     while let Some(r) = m.next().await {
-        ok &= write_record(&mut out, format, algs, &prefix, r);
+        if let Record::File { digests, .. } = &r {
+            bar.inc(digests.bytes);
+        }
+        ok &= bar.suspend(|| write_record(&mut out, format, algs, &prefix, r));
         if out.len() >= 32 << 10 {
             if stdout.lock().write_all(&out).is_err() {
                 return false;
@@ -330,5 +349,318 @@ pub fn check(args: &CheckArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(MISMATCH)
+    }
+}
+
+/// Why one input of `compress` or `decompress` failed: a sentence for stderr.
+struct Trouble(String);
+
+impl From<io::Error> for Trouble {
+    fn from(e: io::Error) -> Trouble {
+        Trouble(e.to_string())
+    }
+}
+
+impl From<PoolError> for Trouble {
+    fn from(e: PoolError) -> Trouble {
+        Trouble(format!("the compression threads failed: {e:?}"))
+    }
+}
+
+/// Where one input's output goes: standard output, or a file that appears
+/// under its name only once complete (a hidden temporary beside it, renamed).
+enum Sink {
+    Stdout(io::StdoutLock<'static>),
+    File {
+        tmp: Temporary,
+        dest: PathBuf,
+        file: io::BufWriter<std::fs::File>,
+    },
+}
+
+/// A temporary output file, removed when dropped unless renamed into place:
+/// after an error or a corrupt input, nothing is left behind.
+struct Temporary(Option<PathBuf>);
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Sink {
+    /// Refuses an existing `dest` unless `force`.
+    fn create(dest: &Path, force: bool) -> Result<Sink, Trouble> {
+        if !force && std::fs::symlink_metadata(dest).is_ok() {
+            return Err(Trouble(format!(
+                "{} already exists (-f overwrites it)",
+                dest.display()
+            )));
+        }
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dest.with_file_name(format!(".{name}.hashpress-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Trouble(format!("{}: {e}", tmp.display())))?;
+        Ok(Sink::File {
+            tmp: Temporary(Some(tmp)),
+            dest: dest.to_path_buf(),
+            file: io::BufWriter::with_capacity(1 << 20, file),
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(s) => s,
+            Sink::File { file, .. } => file,
+        }
+    }
+
+    /// The output complete: flushed, given the input's permissions and
+    /// modification time (as gzip does), synced and renamed into place.
+    fn commit(self, like: Option<&std::fs::Metadata>) -> Result<(), Trouble> {
+        match self {
+            Sink::Stdout(mut s) => Ok(s.flush()?),
+            Sink::File {
+                mut tmp,
+                dest,
+                file,
+            } => {
+                let path = tmp.0.clone().expect("not renamed yet");
+                let done = (|| {
+                    let file = file.into_inner().map_err(|e| e.into_error())?;
+                    if let Some(m) = like {
+                        file.set_permissions(m.permissions())?;
+                        if let Ok(t) = m.modified() {
+                            file.set_modified(t)?;
+                        }
+                    }
+                    file.sync_all()?;
+                    std::fs::rename(&path, &dest)
+                })();
+                done.map_err(|e| Trouble(format!("{}: {e}", dest.display())))?;
+                tmp.0 = None;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; the bytes read.
+fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Compresses `input` into `out` with the server's parallel path: blocks
+/// cut as they are read, compressed on the pool, written in order.
+async fn compress_stream(
+    pool: &CpuPool,
+    codec: Codec,
+    input: &mut dyn Read,
+    out: &mut dyn Write,
+    bar: &ProgressBar,
+) -> Result<(), Trouble> {
+    let mut blocks = BlockPipeline::<Trouble>::new(pool.lane(), codec, pool.threads());
+    out.write_all(&blocks.header())?;
+    let mut cutter = Some(BlockCutter::new(codec));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        while let Some(c) = cutter.as_mut().filter(|_| !blocks.full()) {
+            let n = read_full(input, &mut buf)?;
+            let mut rest = &buf[..n];
+            while let Some(b) = c.fill(&mut rest) {
+                blocks.push(move || Ok(b.compress()));
+            }
+            // A short read is the end of the input.
+            if n < buf.len()
+                && let Some(b) = cutter.take().and_then(BlockCutter::end)
+            {
+                blocks.push(move || Ok(b.compress()));
+            }
+        }
+        match blocks.next().await {
+            Some(b) => {
+                let b = b?;
+                out.write_all(&b.out)?;
+                bar.inc(b.bytes_in);
+            }
+            None if cutter.is_none() => break,
+            None => {}
+        }
+    }
+    out.write_all(&blocks.trailer())?;
+    Ok(())
+}
+
+/// An input of `compress`/`decompress`: standard input, or a file with its
+/// metadata (for the progress total and the output's mode and time).
+fn open_input(path: &Path) -> Result<(Box<dyn Read>, Option<std::fs::Metadata>), Trouble> {
+    if path.as_os_str() == "-" {
+        return Ok((Box::new(io::stdin().lock()), None));
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| Trouble(format!("{}: {e}", path.display())))?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Trouble(format!("{}: not a regular file", path.display())));
+    }
+    Ok((Box::new(file), Some(meta)))
+}
+
+/// Total bytes of the regular files among `paths`, for the progress bar;
+/// `None` when standard input is one of them.
+fn total_size(paths: &[PathBuf]) -> Option<u64> {
+    paths
+        .iter()
+        .map(|p| (p.as_os_str() != "-").then(|| std::fs::metadata(p).map_or(0, |m| m.len())))
+        .sum()
+}
+
+/// Compressed data is not for a terminal (gzip and pigz refuse too).
+fn refuse_terminal(to_stdout: bool) -> Option<ExitCode> {
+    use std::io::IsTerminal;
+    (to_stdout && io::stdout().is_terminal()).then(|| {
+        fail("compressed data not written to a terminal (use -c with a redirection or a pipe)")
+    })
+}
+
+/// `hashpress compress [-l N] [-k] [-c] [-f] [--format F] [-p N] FILE...`
+pub fn compress(args: &CompressArgs) -> ExitCode {
+    let format = CodecFormat::parse(&args.format).expect("clap checked the value");
+    let codec = match format.codec(args.level.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let to_stdout = args.output.stdout || args.files.iter().any(|f| f.as_os_str() == "-");
+    if let Some(code) = refuse_terminal(to_stdout) {
+        return code;
+    }
+    let threads = args.threads.map(usize::from);
+    let (rt, pool) = match runtime_with(threads) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    each_input(&args.files, &args.output, |path, to_stdout, bar| {
+        let (mut input, meta) = open_input(path)?;
+        let mut sink = if to_stdout {
+            Sink::Stdout(io::stdout().lock())
+        } else {
+            if path.to_string_lossy().ends_with(format.suffix()) {
+                return Err(Trouble(format!(
+                    "{} already has the {} suffix",
+                    path.display(),
+                    format.suffix()
+                )));
+            }
+            let mut dest = path.as_os_str().to_owned();
+            dest.push(format.suffix());
+            Sink::create(Path::new(&dest), args.output.force)?
+        };
+        rt.block_on(compress_stream(
+            &pool,
+            codec,
+            &mut input,
+            sink.writer(),
+            bar,
+        ))?;
+        sink.commit(meta.as_ref())
+    })
+}
+
+/// Runs `one` on each input with the progress bar, as gzip does: an input
+/// that fails is reported and the others are still done; one that succeeds
+/// is removed unless kept (-k, -c, standard input).
+fn each_input(
+    files: &[PathBuf],
+    output: &OutputArgs,
+    mut one: impl FnMut(&Path, bool, &ProgressBar) -> Result<(), Trouble>,
+) -> ExitCode {
+    let bar = progress::bytes(total_size(files));
+    let mut status = 0u8;
+    for path in files {
+        let stdin = path.as_os_str() == "-";
+        let to_stdout = output.stdout || stdin;
+        match one(path, to_stdout, &bar) {
+            Ok(()) if !(output.keep || to_stdout) => {
+                if let Err(e) = std::fs::remove_file(path) {
+                    bar.suspend(|| eprintln!("hashpress: {}: {e}", path.display()));
+                    status = MISMATCH;
+                }
+            }
+            Ok(()) => {}
+            Err(Trouble(e)) => {
+                bar.suspend(|| eprintln!("hashpress: {}: {e}", shown_input(path)));
+                status = MISMATCH;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    ExitCode::from(status)
+}
+
+fn shown_input(path: &Path) -> String {
+    if path.as_os_str() == "-" {
+        "(stdin)".into()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// `hashpress decompress [-k] [-c] [-f] FILE...`
+pub fn decompress(args: &DecompressArgs) -> ExitCode {
+    each_input(&args.files, &args.output, |path, to_stdout, bar| {
+        // The output name first: a wrong name is refused before anything is read.
+        let dest = if to_stdout {
+            None
+        } else {
+            let name = path.to_string_lossy();
+            let stem = CodecFormat::ALL
+                .iter()
+                .find_map(|f| name.strip_suffix(f.suffix()).filter(|s| !s.is_empty()));
+            let Some(stem) = stem else {
+                return Err(Trouble(format!(
+                    "{name}: unknown suffix (expected .gz or .zst; -c writes to standard output)"
+                )));
+            };
+            Some(PathBuf::from(stem))
+        };
+        let (input, meta) = open_input(path)?;
+        let mut input = io::BufReader::with_capacity(1 << 20, BarReader(input, bar));
+        let head = input.fill_buf()?;
+        let Some(format) = CodecFormat::sniff(head) else {
+            return Err(Trouble("not in gzip or zstd format".into()));
+        };
+        let mut sink = match &dest {
+            None => Sink::Stdout(io::stdout().lock()),
+            Some(d) => Sink::create(d, args.output.force)?,
+        };
+        let mut decoder = format.decoder(input)?;
+        io::copy(&mut decoder, sink.writer())
+            .map_err(|e| Trouble(format!("corrupt {} data: {e}", format.name())))?;
+        sink.commit(meta.as_ref())
+    })
+}
+
+/// Counts the compressed bytes read, for the progress bar.
+struct BarReader<'a>(Box<dyn Read>, &'a ProgressBar);
+
+impl Read for BarReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1.inc(n as u64);
+        Ok(n)
     }
 }

@@ -24,17 +24,20 @@ use crate::tls::TlsFiles;
 #[command(
     name = "hashpress",
     version = crate::build_info::LONG,
-    about = "Streaming hash and gzip HTTP server",
+    about = "Streaming hash, gzip and zstd HTTP server",
     long_about = "hashpress hashes (SHA-2, SHA-3, SHA-1, MD5, BLAKE3, CRC32, CRC32C, CRC64NVME, XXH3) \
 and gzips request bodies, files and whole trees under one served directory (or the objects under \
-an S3 bucket prefix), as streams, on a bounded CPU pool. `hashpress hash` and `hashpress check` \
-do the same for files and trees on the command line, without a server.\n\n\
+an S3 bucket prefix), as streams, on a bounded CPU pool; compression is gzip or zstd \
+(?format=zstd). `hashpress hash` and `hashpress check` do the same for files and trees on the \
+command line, without a server; `hashpress compress` and `hashpress decompress` are a pigz-like \
+tool with the server's parallel codecs.\n\n\
 Start it with `hashpress serve --root DIR`, then e.g.\n  \
 curl --data-binary @file 'http://127.0.0.1:3000/hash?alg=sha256,blake3'\n  \
 curl http://127.0.0.1:3000/hash-file/some/file.bin\n  \
 curl -o f.gz http://127.0.0.1:3000/compress/some/file.bin\n\n\
-Inputs of 4 MiB or more are gzipped in parallel (pigz's method: 128 KiB blocks on every pool \
-thread, one valid gzip stream); add ?parallel=0 or ?parallel=1 to choose.\n\n\
+Inputs of 4 MiB or more are compressed in parallel (gzip: pigz's method, 128 KiB blocks on every \
+pool thread, one valid gzip stream; zstd: independent 4 MiB frames, one valid zstd stream); add \
+?parallel=0 or ?parallel=1 to choose.\n\n\
 Every `serve` flag can also be set as HASHPRESS_<FLAG> in the environment or as a key in the \
 --config TOML file; precedence is flag > environment > file > default."
 )]
@@ -47,11 +50,11 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API (see `hashpress serve --help` for every flag).
     #[command(long_about = "Serve the HTTP API: POST /hash, GET /hash-file/{path}, \
-GET|POST /compress/{path}, POST /compress, /metrics, /metrics.json, /dashboard, /healthz, /readyz, \
+GET|POST /compress/{path}, POST /compress (?format=gzip|zstd&level=N), /metrics, /metrics.json, /dashboard, /healthz, /readyz, \
 /openapi.json.\n\n\
 By default a supervisor runs 2 worker processes on one socket (--workers 0: a single process). \
-gzip inputs of 4 MiB or more are compressed in parallel (128 KiB blocks on every pool thread, \
-one gzip stream); ?parallel=0|1 chooses.")]
+Inputs of 4 MiB or more are compressed in parallel (gzip: 128 KiB blocks on every pool thread, \
+one gzip stream; zstd: independent 4 MiB frames); ?parallel=0|1 chooses.")]
     Serve(Box<ServeArgs>),
     /// Digests of files and trees, as `sha256sum`/`b3sum` print them, without a server.
     #[command(
@@ -75,6 +78,73 @@ Exit status: 0 all good, 1 a mismatch or a missing file (or a new one, with --ne
 or read error."
     )]
     Check(CheckArgs),
+    /// Compresses files like pigz: gzip or zstd, in parallel on every core.
+    #[command(
+        long_about = "Compresses each FILE to FILE.gz (--format zstd: FILE.zst) and removes FILE \
+(-k keeps it), like gzip and pigz; `-` or no FILE compresses standard input to standard output. \
+The input is cut into blocks compressed in parallel on -p threads, with the server's parallel \
+codecs: gzip as pigz does (128 KiB blocks, one gzip member), zstd as independent 4 MiB frames \
+(one zstd stream, content checksums on). A progress bar is drawn on stderr when it is a terminal.\n\n\
+Exit status: 0 all compressed, 1 an input could not be read or an output written (the others \
+are still done), 2 a usage error.\n\n\
+Examples:\n  hashpress compress -k big.log          # big.log.gz, big.log kept\n  \
+hashpress compress --format zstd -l 19 a b\n  tar c dir | hashpress compress -p 2 > dir.tar.gz"
+    )]
+    Compress(CompressArgs),
+    /// Decompresses .gz and .zst files (the format is read from the data).
+    #[command(
+        long_about = "Decompresses each FILE.gz or FILE.zst to FILE and removes the input \
+(-k keeps it), like gzip -d; `-` or no FILE decompresses standard input to standard output. The \
+format is detected from the data (gzip or zstd), concatenated members and frames are read whole, \
+and every member's or frame's checksum is verified.\n\n\
+Exit status: 0 all decompressed, 1 an input could not be read, was corrupt or an output could \
+not be written (nothing is left under the output name), 2 a usage error."
+    )]
+    Decompress(DecompressArgs),
+}
+
+/// `hashpress compress`.
+#[derive(Args, Debug, Clone)]
+pub struct CompressArgs {
+    /// Compression level: gzip 1..9 (default 6), zstd 1..19 (default 3).
+    #[arg(short, long, value_name = "N")]
+    pub level: Option<String>,
+    /// Output format.
+    #[arg(long, default_value = "gzip", value_name = "FORMAT", value_parser = ["gzip", "zstd"])]
+    pub format: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Threads compressing blocks (default: one per core).
+    #[arg(short = 'p', long = "processes", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Files; `-` is standard input.
+    #[arg(value_name = "FILE", default_value = "-")]
+    pub files: Vec<PathBuf>,
+}
+
+/// Where `compress` and `decompress` put their outputs (gzip's flags).
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Keep (do not delete) the input files.
+    #[arg(short, long)]
+    pub keep: bool,
+    /// Write to standard output, keep the input files.
+    #[arg(short = 'c', long = "stdout")]
+    pub stdout: bool,
+    /// Overwrite existing output files.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+/// `hashpress decompress`.
+#[derive(Args, Debug, Clone)]
+pub struct DecompressArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Files ending in .gz or .zst; `-` is standard input.
+    #[arg(value_name = "FILE", default_value = "-")]
+    pub files: Vec<PathBuf>,
 }
 
 /// `hashpress hash`.

@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod accept_gate;
+pub mod block_pipeline;
 pub mod build_info;
 pub mod cli;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod http;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;
+pub mod progress;
 pub mod root;
 pub mod routes;
 pub mod server;

@@ -19,6 +19,8 @@ fn main() -> ExitCode {
     let started = apply_config_file(&argv).and_then(|()| match Cli::parse_from(argv).command {
         Command::Hash(args) => Ok(hashpress::cli::hash(&args)),
         Command::Check(args) => Ok(hashpress::cli::check(&args)),
+        Command::Compress(args) => Ok(hashpress::cli::compress(&args)),
+        Command::Decompress(args) => Ok(hashpress::cli::decompress(&args)),
         Command::Serve(args) => serve(*args).map(|()| ExitCode::SUCCESS),
     });
     started.unwrap_or_else(|e| {

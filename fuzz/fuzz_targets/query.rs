@@ -1,15 +1,16 @@
-//! Query-string parsing (`alg`, `level`) on arbitrary input: never panics,
+//! Query-string parsing (`alg`, `format`, `level`) on arbitrary input: never panics,
 //! and every accepted value is one the kernels support.
 #![no_main]
 
 use hashpress::http::query::Query;
+use hashpress::kernel::Codec;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {
         return;
     };
-    for allowed in [&["alg"][..], &["level"][..], &[][..]] {
+    for allowed in [&["alg"][..], &["format", "level"][..], &[][..]] {
         let Ok(q) = Query::parse(Some(raw), allowed) else {
             continue;
         };
@@ -20,8 +21,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(hashpress::kernel::Algorithm::from_name(a.name()), Some(*a));
             }
         }
-        if let Ok(level) = q.level() {
-            assert!((1..=9).contains(&level.get()), "level {}", level.get());
+        match q.codec() {
+            Ok(Codec::Gzip(level)) => assert!((1..=9).contains(&level.get()), "{level}"),
+            Ok(Codec::Zstd(level)) => assert!((1..=19).contains(&level.get()), "{level:?}"),
+            Err(_) => {}
         }
     }
 });

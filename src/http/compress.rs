@@ -1,9 +1,11 @@
 //! `GET /compress/{path}`, `POST /compress` and `POST /compress/{path}`.
 //!
-//! All three feed a `GzipStream` on the CPU pool, one chunk per job, and
-//! carry the encoder from job to job. Responses stream: a chunk is compressed
-//! only when the client has taken the previous one, so a slow reader slows
-//! the work down instead of growing a buffer.
+//! All three take `?format=gzip|zstd` and `?level=` (`Query::codec`) and
+//! feed the codec's streaming encoder (`kernel::Encode`) on the CPU pool, one
+//! chunk per job, carrying the encoder from job to job; inputs of 4 MiB or
+//! more go to the parallel path (`parallel_compress`). Responses stream: a
+//! chunk is compressed only when the client has taken the previous one, so
+//! a slow reader slows the work down instead of growing a buffer.
 
 use axum::Json;
 use axum::body::Body;
@@ -16,37 +18,37 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::body::BodyReader;
 use super::file_job::{Output, Source, path_after};
-use super::parallel_gzip::{self, AUTO_PARALLEL_BYTES};
+use super::parallel_compress::{self, AUTO_PARALLEL_BYTES};
 use super::query::Query;
 use super::sent_digest::SourceIdentity;
 use crate::cpu_pool::Lane;
 use crate::error::ApiError;
-use crate::kernel::GzipStream;
+use crate::kernel::{Codec, Encode};
 use crate::metrics::{Direction, Op};
 
-fn gzip_response(body: Body) -> Response {
+fn compressed_response(codec: Codec, body: Body) -> Response {
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/gzip"),
+        HeaderValue::from_static(codec.format().content_type()),
     );
     resp
 }
 
 /// Ends a response body that has already started: the client sees a cut
-/// stream (an incomplete gzip member), the log sees why.
+/// stream (an incomplete gzip member or zstd frame), the log sees why.
 pub(super) fn stream_error(e: ApiError) -> std::io::Error {
     std::io::Error::other(format!("{}: {}", e.code(), e.message()))
 }
 
-/// A file or object under the root, gzip-compressed, streamed back.
+/// A file or object under the root, compressed, streamed back.
 pub async fn compress_file(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(q.as_deref(), &["level", "parallel"])?;
-    let level = query.level()?;
+    let query = Query::parse(q.as_deref(), &["format", "level", "parallel"])?;
+    let codec = query.codec()?;
     let parallel = query.parallel()?;
     let rel = path_after(req.uri().path(), "/compress/")?;
     let mut src = Source::open(&st, &rel).await?;
@@ -54,7 +56,7 @@ pub async fn compress_file(
     // What the bytes sent are made from, for their digest (`sent_digest`).
     let made_from = SourceIdentity(src.identity().clone());
     if parallel.unwrap_or(src.size() >= AUTO_PARALLEL_BYTES) {
-        let mut resp = gzip_response(parallel_gzip::file_body(&st, src, level));
+        let mut resp = compressed_response(codec, parallel_compress::file_body(&st, src, codec));
         resp.extensions_mut().insert(made_from);
         return Ok(resp);
     }
@@ -62,50 +64,54 @@ pub async fn compress_file(
     struct Progress {
         st: AppState,
         src: Source,
-        /// None once the gzip trailer has been sent, or the stream cut.
-        gz: Option<GzipStream>,
+        /// None once the stream's end has been sent, or the stream cut.
+        enc: Option<Box<dyn Encode>>,
         counted_in: u64,
         counted_out: u64,
     }
     impl Progress {
-        fn count(&mut self, gz: &GzipStream) {
+        fn count(&mut self, enc: &dyn Encode) {
             let m = &self.st.metrics;
-            m.add_bytes(Op::Compress, Direction::In, gz.bytes_in() - self.counted_in);
+            m.add_bytes(
+                Op::Compress,
+                Direction::In,
+                enc.bytes_in() - self.counted_in,
+            );
             m.add_bytes(
                 Op::Compress,
                 Direction::Out,
-                gz.bytes_out() - self.counted_out,
+                enc.bytes_out() - self.counted_out,
             );
-            self.counted_in = gz.bytes_in();
-            self.counted_out = gz.bytes_out();
+            self.counted_in = enc.bytes_in();
+            self.counted_out = enc.bytes_out();
         }
     }
     let start = Progress {
         st: st.clone(),
         src,
-        gz: Some(GzipStream::new(level)),
+        enc: Some(codec.encoder()),
         counted_in: 0,
         counted_out: 0,
     };
     let stream = futures_util::stream::unfold(start, |mut p| async move {
         loop {
-            let gz = p.gz.take()?;
+            let enc = p.enc.take()?;
             // Headers are gone already: on an error all we can do is cut the
             // stream, which the client sees as an incomplete gzip member.
-            match p.src.step(gz, |gz, bytes| Ok(gz.compress(bytes))).await {
-                Ok((gz, Some(out))) => {
-                    p.count(&gz);
-                    p.gz = Some(gz);
+            match p.src.step(enc, |e, bytes| Ok(e.encode(bytes, false))).await {
+                Ok((enc, Some(out))) => {
+                    p.count(&*enc);
+                    p.enc = Some(enc);
                     if !out.is_empty() {
                         return Some((Ok::<_, std::io::Error>(Bytes::from(out)), p));
                     }
                 }
-                Ok((gz, None)) => {
+                Ok((mut enc, None)) => {
                     if let Err(e) = p.src.check_unchanged() {
                         return Some((Err(stream_error(e)), p));
                     }
-                    p.count(&gz);
-                    let tail = gz.finish();
+                    p.count(&*enc);
+                    let tail = enc.encode(&[], true);
                     p.st.metrics
                         .add_bytes(Op::Compress, Direction::Out, tail.len() as u64);
                     return Some((Ok(Bytes::from(tail)), p));
@@ -114,19 +120,19 @@ pub async fn compress_file(
             }
         }
     });
-    let mut resp = gzip_response(Body::from_stream(stream));
+    let mut resp = compressed_response(codec, Body::from_stream(stream));
     resp.extensions_mut().insert(made_from);
     Ok(resp)
 }
 
-/// The request body gzip-compressed, streamed back as it arrives.
+/// The request body, compressed, streamed back as it arrives.
 pub async fn compress_body(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(q.as_deref(), &["level", "parallel"])?;
-    let level = query.level()?;
+    let query = Query::parse(q.as_deref(), &["format", "level", "parallel"])?;
+    let codec = query.codec()?;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -142,36 +148,37 @@ pub async fn compress_body(
     if parallel {
         // Admission, as for the serial path: 503 now if the pool is full.
         lane.try_run(|| ()).await?;
-        return Ok(gzip_response(parallel_gzip::body_body(
-            &st, lane, body, level,
-        )));
+        return Ok(compressed_response(
+            codec,
+            parallel_compress::body_body(&st, lane, body, codec),
+        ));
     }
     // Admission: a request that cannot get a pool slot is refused now, with a
     // real 503, rather than after its response has started.
-    let gz = lane.try_run(move || GzipStream::new(level)).await?;
+    let enc = lane.try_run(move || codec.encoder()).await?;
 
     struct Progress {
         st: AppState,
         lane: Lane,
         body: BodyReader,
-        gz: Option<GzipStream>,
+        enc: Option<Box<dyn Encode>>,
     }
     let start = Progress {
         st: st.clone(),
         lane,
         body,
-        gz: Some(gz),
+        enc: Some(enc),
     };
     let stream = futures_util::stream::unfold(start, |mut p| async move {
         loop {
-            let mut gz = p.gz.take()?;
+            let mut enc = p.enc.take()?;
             let chunk = match p.body.next().await {
                 Ok(c) => c,
                 Err(e) => return Some((Err(stream_error(e)), p)),
             };
             let Some(chunk) = chunk else {
                 p.lane.done();
-                let tail = gz.finish();
+                let tail = enc.encode(&[], true);
                 p.st.metrics
                     .add_bytes(Op::Compress, Direction::Out, tail.len() as u64);
                 return Some((Ok(Bytes::from(tail)), p));
@@ -180,16 +187,16 @@ pub async fn compress_body(
             let job = p
                 .lane
                 .run(move || {
-                    let out = gz.compress(&chunk);
-                    (gz, out)
+                    let out = enc.encode(&chunk, false);
+                    (enc, out)
                 })
                 .await;
             match job {
-                Ok((gz, out)) => {
+                Ok((enc, out)) => {
                     p.st.metrics.add_bytes(Op::Compress, Direction::In, n);
                     p.st.metrics
                         .add_bytes(Op::Compress, Direction::Out, out.len() as u64);
-                    p.gz = Some(gz);
+                    p.enc = Some(enc);
                     if !out.is_empty() {
                         return Some((Ok::<_, std::io::Error>(Bytes::from(out)), p));
                     }
@@ -198,10 +205,10 @@ pub async fn compress_body(
             }
         }
     });
-    Ok(gzip_response(Body::from_stream(stream)))
+    Ok(compressed_response(codec, Body::from_stream(stream)))
 }
 
-/// Writes `{path}.gz` beside the file or object, atomically, when
+/// Writes `{path}.gz` (`.zst`) beside the file or object, atomically, when
 /// `--allow-write` is on.
 pub async fn compress_to_file(
     State(st): State<AppState>,
@@ -211,35 +218,34 @@ pub async fn compress_to_file(
     if !st.config.allow_write {
         return Err(ApiError::WritesDisabled);
     }
-    let level = Query::parse(q.as_deref(), &["level"])?.level()?;
+    let codec = Query::parse(q.as_deref(), &["format", "level"])?.codec()?;
     let rel = path_after(req.uri().path(), "/compress/")?;
-    let out_rel = rel.with_suffix(".gz").map_err(ApiError::from_path)?;
+    let out_rel = rel
+        .with_suffix(codec.format().suffix())
+        .map_err(ApiError::from_path)?;
     let mut src = Source::open(&st, &rel).await?;
     src.verify(req.headers(), st.metrics)?;
     src.plan(Op::Compress)?;
     // From here on, any error or a client that leaves drops `state`, and
-    // with it the output: no partial `.gz`, no temporary, no upload left.
+    // with it the output: no partial `.gz`/`.zst`, no temporary, no upload left.
     let lane = src.lane();
-    let mut state = (
-        GzipStream::new(level),
-        Output::create(&st, &lane, &out_rel).await?,
-    );
+    let mut state = (codec.encoder(), Output::create(&st, &lane, &out_rel).await?);
     // Counted as it goes, like a download, so progress shows while it runs.
     let (mut counted_in, mut counted_out) = (0, 0);
     loop {
         let (s, more) = src
-            .step(state, |(gz, out), bytes| {
-                let data = gz.compress(bytes);
+            .step(state, |(enc, out), bytes| {
+                let data = enc.encode(bytes, false);
                 out.write(&data)
             })
             .await?;
         state = s;
-        let gz = &state.0;
+        let enc = &state.0;
         st.metrics
-            .add_bytes(Op::Compress, Direction::In, gz.bytes_in() - counted_in);
+            .add_bytes(Op::Compress, Direction::In, enc.bytes_in() - counted_in);
         st.metrics
-            .add_bytes(Op::Compress, Direction::Out, gz.bytes_out() - counted_out);
-        (counted_in, counted_out) = (gz.bytes_in(), gz.bytes_out());
+            .add_bytes(Op::Compress, Direction::Out, enc.bytes_out() - counted_out);
+        (counted_in, counted_out) = (enc.bytes_in(), enc.bytes_out());
         if more.is_none() {
             break;
         }
@@ -247,13 +253,12 @@ pub async fn compress_to_file(
     }
     // The bytes read must be one version of a source that still exists.
     src.check_unchanged()?;
-    let (gz, out) = state;
+    let (mut enc, mut out) = state;
     let (bytes_in, bytes_out, mut out) = lane
         .run(move || {
-            let (mut out, bytes_in, before_tail) = (out, gz.bytes_in(), gz.bytes_out());
-            let tail = gz.finish();
+            let tail = enc.encode(&[], true);
             out.write(&tail)?;
-            Ok::<_, ApiError>((bytes_in, before_tail + tail.len() as u64, out))
+            Ok::<_, ApiError>((enc.bytes_in(), enc.bytes_out(), out))
         })
         .await??;
     st.metrics

@@ -13,7 +13,7 @@ mod index;
 mod manifest;
 mod observe;
 mod openapi;
-mod parallel_gzip;
+mod parallel_compress;
 pub mod query;
 mod request_head;
 mod sent_digest;

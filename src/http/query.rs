@@ -1,7 +1,7 @@
 //! Query strings: only known keys, each at most once, values checked.
 
 use crate::error::ApiError;
-use crate::kernel::{AlgorithmList, Encoding, Level};
+use crate::kernel::{AlgorithmList, Codec, Encoding, Format};
 use crate::root::percent_decode;
 
 /// Parsed `key=value` pairs of one request.
@@ -69,12 +69,14 @@ impl Query {
             .transpose()
     }
 
-    /// `level=`, defaulting to 6.
-    pub fn level(&self) -> Result<Level, ApiError> {
-        match self.get("level") {
-            None => Ok(Level::DEFAULT),
-            Some(v) => Level::parse(v).map_err(ApiError::BadQuery),
-        }
+    /// `format=gzip|zstd` (default gzip) and its `level=` (the format's own
+    /// range and default).
+    pub fn codec(&self) -> Result<Codec, ApiError> {
+        let format = match self.get("format") {
+            None => Format::Gzip,
+            Some(f) => Format::parse(f).map_err(ApiError::BadQuery)?,
+        };
+        format.codec(self.get("level")).map_err(ApiError::BadQuery)
     }
 }
 

@@ -2,9 +2,12 @@
 //! replaced gzip for most new data: about 4× faster than gzip -6 at a
 //! smaller output. Every frame carries its content checksum, and the window
 //! stays at 8 MiB or less (RFC 9659's limit for `Content-Encoding: zstd`),
-//! so any decoder may read our output with bounded memory.
+//! so any decoder may read our output with bounded memory. The parallel mode
+//! compresses independent frames, concatenated.
 
-use std::io::Write;
+use std::io;
+
+use super::codec::Compressor;
 
 /// A zstd level, 1 to 19 (the levels that keep the 8 MiB window).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,76 +40,59 @@ impl ZstdLevel {
     }
 }
 
-/// A zstd frame produced piece by piece; memory is one input piece plus
-/// libzstd's window, whatever the stream length.
-pub struct ZstdStream {
-    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
-    bytes_in: u64,
-    bytes_out: u64,
-}
+/// The first bytes of every zstd frame.
+pub const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-fn configure<W: Write>(enc: &mut zstd::stream::write::Encoder<'static, W>) {
-    // libzstd has content checksums; an error here would be a libzstd
-    // without them. The window is left to the level: levels 1..=19 on a
-    // stream of unknown size stay at 8 MiB or less (level 19's is 8 MiB),
-    // and level 3 uses 2 MiB, a quarter of the memory a forced 8 MiB would.
-    enc.include_checksum(true)
+/// Input bytes per frame of a parallel stream: each frame is a pool job of
+/// ~10 ms at level 3, and its window (at most its size) stays within 8 MiB.
+pub const FRAME: usize = 4 << 20;
+
+/// The streaming encoder (`codec::Stream` makes it an `Encode`).
+pub fn compressor(level: ZstdLevel) -> zstd::stream::write::Encoder<'static, Vec<u8>> {
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(64 << 10), level.0)
+        .expect("libzstd takes levels 1..=19");
+    // The window is left to the level: levels 1..=19 on a stream of unknown
+    // size stay at 8 MiB or less (level 19's is 8 MiB), and level 3 uses
+    // 2 MiB, a quarter of the memory a forced 8 MiB would.
+    encoder
+        .include_checksum(true)
         .expect("libzstd has content checksums");
+    encoder
 }
 
-impl ZstdStream {
-    pub fn new(level: ZstdLevel) -> ZstdStream {
-        let mut encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(64 << 10), level.0)
-            .expect("libzstd takes levels 1..=19");
-        configure(&mut encoder);
-        ZstdStream {
-            encoder,
-            bytes_in: 0,
-            bytes_out: 0,
-        }
+impl Compressor for zstd::stream::write::Encoder<'static, Vec<u8>> {
+    fn output(&mut self) -> &mut Vec<u8> {
+        self.get_mut()
     }
 
-    /// Compresses `input` and returns whatever output is ready (possibly empty).
-    pub fn compress(&mut self, input: &[u8]) -> Vec<u8> {
-        self.bytes_in += input.len() as u64;
-        self.encoder
-            .write_all(input)
-            .expect("zstd into memory cannot fail");
-        let out = std::mem::take(self.encoder.get_mut());
-        self.bytes_out += out.len() as u64;
-        out
-    }
-
-    /// Ends the frame (last block and checksum).
-    pub fn finish(mut self) -> Vec<u8> {
-        let mut out = std::mem::take(self.encoder.get_mut());
-        let mut rest = self.encoder.finish().expect("zstd into memory cannot fail");
-        out.append(&mut rest);
-        out
-    }
-
-    pub fn bytes_in(&self) -> u64 {
-        self.bytes_in
-    }
-
-    pub fn bytes_out(&self) -> u64 {
-        self.bytes_out
+    fn end(&mut self) -> io::Result<()> {
+        self.do_finish()
     }
 }
 
 /// One independent frame of `input`, for parallel compression: frames of a
 /// stream concatenated are one valid zstd stream (RFC 8878 §3.1), which
 /// `zstd -d` and every decoder read as the concatenation of their contents.
+/// The frame header carries the content size, so its window is at most
+/// that size.
 pub fn frame(input: &[u8], level: ZstdLevel) -> Vec<u8> {
-    let mut s = ZstdStream::new(level);
-    let mut out = s.compress(input);
-    out.append(&mut s.finish());
-    out
+    let mut c = zstd::bulk::Compressor::new(level.0).expect("libzstd takes levels 1..=19");
+    c.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))
+        .expect("libzstd has content checksums");
+    c.compress(input).expect("zstd into memory cannot fail")
+}
+
+/// Reads concatenated zstd frames back, as `zstd -d` does.
+pub fn decoder<'a, R: io::BufRead + 'a>(
+    input: R,
+) -> io::Result<zstd::stream::read::Decoder<'a, R>> {
+    zstd::stream::read::Decoder::with_buffer(input)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::codec::{Encode, Stream};
     use std::io::Read;
 
     fn decode(data: &[u8]) -> Vec<u8> {
@@ -125,12 +111,12 @@ mod tests {
             .collect();
         for level in ["1", "3", "19"] {
             let level = ZstdLevel::parse(level).unwrap();
-            let mut s = ZstdStream::new(level);
+            let mut s = Stream::new(compressor(level));
             let mut out = Vec::new();
             for piece in data.chunks(100_003) {
-                out.extend(s.compress(piece));
+                out.extend(s.encode(piece, false));
             }
-            out.extend(s.finish());
+            out.extend(s.encode(&[], true));
             assert_eq!(decode(&out), data);
             assert!(out.len() < data.len() / 2);
         }
@@ -140,7 +126,7 @@ mod tests {
         }
         assert_eq!(decode(&frames), data);
         // The frame header says a checksum follows (Frame_Header_Descriptor bit 2).
-        assert_eq!(&frames[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+        assert_eq!(frames[..4], MAGIC);
         assert_ne!(frames[4] & 0b100, 0);
     }
 

@@ -59,7 +59,7 @@ const RANGE_MIN: u64 = 256 << 10;
 const RANGE_MAX: u64 = 8 << 20;
 /// Ranges are whole multiples of parallel gzip's block, so the pieces cut
 /// from them are whole blocks too (a short piece would be a short block).
-const RANGE_ALIGN: u64 = crate::kernel::pgzip::BLOCK as u64;
+const RANGE_ALIGN: u64 = crate::kernel::gzip::BLOCK as u64;
 /// S3's smallest part (all parts but the last must be at least this).
 const PART_MIN: usize = 5 << 20;
 /// Parts uploading at once per upload.

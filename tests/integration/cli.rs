@@ -1,22 +1,12 @@
 //! `hashpress hash` and `hashpress check` on the command line: output that
 //! `sha256sum -c` reads, and coreutils' exit statuses.
 
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use crate::helpers::*;
 
 fn run(cwd: &std::path::Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    run_with_stdin(Command::new(BIN).args(args).current_dir(cwd), stdin)
 }
 
 #[test]
@@ -119,4 +109,169 @@ fn hash_r_is_read_by_sha256sum_and_check_reports_like_it() {
         String::from_utf8_lossy(&out.stdout),
         format!("MD5 (blob) = {}\n", want["md5"])
     );
+}
+
+/// `hashpress compress` / `decompress` as pigz and gzip behave: outputs read
+/// by `gzip -d` and ruzstd, -k/-c, standard input, the exit statuses, and
+/// no progress bar on a piped stderr.
+#[test]
+fn compress_and_decompress_like_pigz() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let big = text_like((9 << 20) + 3);
+    let small = b"hello, world\n".to_vec();
+    std::fs::write(d.join("big.txt"), &big).unwrap();
+    std::fs::write(d.join("small.txt"), &small).unwrap();
+
+    // Default: gzip, FILE.gz, the input removed; nothing on stderr.
+    let out = run(d, &["compress", "-p", "2", "big.txt", "small.txt"], b"");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty() && out.stdout.is_empty(), "{out:?}");
+    assert!(!d.join("big.txt").exists() && !d.join("small.txt").exists());
+    assert_eq!(gunzip(&std::fs::read(d.join("big.txt.gz")).unwrap()), big);
+    assert_eq!(
+        gunzip(&std::fs::read(d.join("small.txt.gz")).unwrap()),
+        small
+    );
+
+    // decompress gives the files back and removes the .gz.
+    let out = run(d, &["decompress", "big.txt.gz", "small.txt.gz"], b"");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    assert_eq!(std::fs::read(d.join("big.txt")).unwrap(), big);
+    assert_eq!(std::fs::read(d.join("small.txt")).unwrap(), small);
+    assert!(!d.join("big.txt.gz").exists());
+
+    // zstd with -k: FILE.zst of 4 MiB frames, the input kept.
+    let out = run(
+        d,
+        &[
+            "compress",
+            "-k",
+            "--format",
+            "zstd",
+            "-l",
+            "19",
+            "small.txt",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run(d, &["compress", "-k", "--format", "zstd", "big.txt"], b"");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(std::fs::read(d.join("big.txt")).unwrap(), big);
+    let (back, frames) = unzstd(&std::fs::read(d.join("big.txt.zst")).unwrap());
+    assert_eq!(back, big);
+    assert_eq!(frames.len(), 3);
+    assert_eq!(
+        unzstd(&std::fs::read(d.join("small.txt.zst")).unwrap()).0,
+        small
+    );
+
+    // -c: to standard output, inputs kept; several files are one stream.
+    let out = run(d, &["compress", "-c", "small.txt", "small.txt"], b"");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(gunzip(&out.stdout), [&small[..], &small[..]].concat());
+    // `-` (and no FILE): standard input to standard output.
+    let out = run(d, &["compress", "--format", "zstd"], &big);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(unzstd(&out.stdout).0, big);
+    let out = run(d, &["decompress", "-"], &out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, big);
+    let gz = std::fs::read(d.join("small.txt.zst")).unwrap();
+    let out = run(d, &["decompress", "-c", "small.txt.zst"], b"");
+    assert_eq!(out.stdout, small);
+    assert!(d.join("small.txt.zst").exists(), "-c keeps the input");
+    assert_eq!(std::fs::read(d.join("small.txt.zst")).unwrap(), gz);
+
+    // Errors: an existing output is kept (1), a missing input fails alone (1).
+    let out = run(d, &["compress", "-k", "--format", "zstd", "small.txt"], b"");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(
+        unzstd(&std::fs::read(d.join("small.txt.zst")).unwrap()).0,
+        small
+    );
+    let out = run(
+        d,
+        &["compress", "-k", "-f", "--format", "zstd", "small.txt"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "-f overwrites: {out:?}");
+    std::fs::remove_file(d.join("small.txt.zst")).unwrap();
+    let out = run(d, &["compress", "-k", "nope.txt", "small.txt"], b"");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.txt"));
+    assert_eq!(
+        gunzip(&std::fs::read(d.join("small.txt.gz")).unwrap()),
+        small
+    );
+    // Usage errors: 2.
+    let out = run(d, &["compress", "-l", "10", "small.txt"], b"");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 to 9"));
+    let out = run(
+        d,
+        &["compress", "--format", "zstd", "-l", "20", "small.txt"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = run(d, &["compress", "--format", "br", "small.txt"], b"");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // A corrupt input: 1, and no output left under its name or a temporary.
+    let mut bad = std::fs::read(d.join("big.txt.zst")).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(d.join("bad.txt.zst"), &bad).unwrap();
+    std::fs::write(d.join("plain.gz"), b"not gzip at all").unwrap();
+    let before: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let out = run(
+        d,
+        &["decompress", "bad.txt.zst", "plain.gz", "small.txt"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.txt.zst") && err.contains("plain.gz"),
+        "{err}"
+    );
+    assert!(err.contains("unknown suffix"), "{err}");
+    let after: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before.len(), after.len(), "nothing written: {after:?}");
+    assert!(d.join("bad.txt.zst").exists(), "a failed input is kept");
+}
+
+/// The progress bar is drawn when stderr is a terminal (a pty by `script`)
+/// and never into a pipe.
+#[test]
+fn progress_bar_only_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.txt"), text_like(20 << 20)).unwrap();
+    let out = run(d, &["compress", "-k", "-c", "a.txt"], b"");
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "piped stderr: {:?}", out.stderr);
+    let out = run(d, &["hash", "-r", "."], b"");
+    assert!(out.stderr.is_empty(), "piped stderr: {:?}", out.stderr);
+    // Under a pseudo-terminal (util-linux `script`, on every Debian), the bar
+    // shows the byte counts; stdout goes to a file, not the terminal.
+    let cmd = format!("{BIN} compress -k -f -l 9 a.txt 2>&1 >/dev/null");
+    let tty = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(d)
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    assert!(tty.status.success(), "{tty:?}");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(shown.contains("MiB"), "no bar on a terminal: {shown:?}");
 }

@@ -604,28 +604,96 @@ pub fn oracle(path: &Path, algs: &str) -> HashMap<String, String> {
     out
 }
 
-/// Decompresses with the system `gzip -dc`.
-pub fn gunzip(data: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("gzip")
-        .arg("-dc")
+/// Runs `cmd` with `stdin` as its standard input, stdout and stderr
+/// collected. The input is written from a thread: a program that writes
+/// while it reads would fill its stdout pipe and wait for us.
+pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> std::process::Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("gzip");
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
     let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
+        let _ = input.write_all(&data);
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
+    out
+}
+
+/// Decompresses with the system `gzip -dc`.
+pub fn gunzip(data: &[u8]) -> Vec<u8> {
+    let out = run_with_stdin(Command::new("gzip").arg("-dc"), data);
     assert!(
         out.status.success(),
         "gzip -d refused the stream: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// One frame of a zstd stream, as read by `unzstd`.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub struct ZstdFrame {
+    /// Decompressed bytes.
+    pub content: usize,
+    /// The window the frame header asks a decoder for.
+    pub window: u64,
+}
+
+/// Decompresses a zstd stream (concatenated frames) with ruzstd, a pure-Rust
+/// decoder of another implementation family than our libzstd, checking
+/// every frame's content checksum (which must be there).
+#[allow(dead_code)]
+pub fn unzstd(data: &[u8]) -> (Vec<u8>, Vec<ZstdFrame>) {
+    use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
+    let mut input = data;
+    let mut out = Vec::new();
+    let mut frames = Vec::new();
+    let mut dec = FrameDecoder::new();
+    while !input.is_empty() {
+        let window = frame_window(input);
+        dec.init(&mut input).expect("a zstd frame header");
+        let start = out.len();
+        while !dec.is_finished() {
+            dec.decode_blocks(&mut input, BlockDecodingStrategy::UptoBytes(1 << 20))
+                .expect("valid zstd blocks");
+            dec.collect_to_writer(&mut out).unwrap();
+        }
+        dec.collect_to_writer(&mut out).unwrap();
+        let sent = dec.get_checksum_from_data().expect("frame checksum on");
+        assert_eq!(Some(sent), dec.get_calculated_checksum(), "frame checksum");
+        frames.push(ZstdFrame {
+            content: out.len() - start,
+            window,
+        });
+    }
+    (out, frames)
+}
+
+/// The window size a zstd frame header declares (RFC 8878 §3.1.1.1.2): the
+/// content size for a single-segment frame, else the window descriptor's.
+fn frame_window(frame: &[u8]) -> u64 {
+    assert_eq!(frame[..4], [0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
+    let fhd = frame[4];
+    if fhd & 0x20 != 0 {
+        // Single segment: the content size field is the window.
+        let dict_len = [0, 1, 2, 4][usize::from(fhd & 3)];
+        let at = 5 + dict_len;
+        return match fhd >> 6 {
+            0 => u64::from(frame[at]),
+            1 => u64::from(u16::from_le_bytes([frame[at], frame[at + 1]])) + 256,
+            2 => u64::from(u32::from_le_bytes(frame[at..at + 4].try_into().unwrap())),
+            _ => u64::from_le_bytes(frame[at..at + 8].try_into().unwrap()),
+        };
+    }
+    let wd = frame[5];
+    let base = 1u64 << (10 + (wd >> 3));
+    base + base / 8 * u64::from(wd & 7)
 }
 
 /// Asserts the digests in a /hash answer equal the oracle's.

@@ -5,6 +5,7 @@ mod api;
 mod balance;
 mod cli;
 mod cluster;
+mod codecs;
 mod config;
 mod confinement;
 mod dashboard;

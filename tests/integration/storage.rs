@@ -655,6 +655,38 @@ fn gzip_round_trips(b: &dyn Backend) {
     assert_eq!(b.leftovers(), Vec::<String>::new(), "{}", b.name());
 }
 
+/// zstd through the same paths: serial and parallel downloads (an object's
+/// ranges gathered into whole 4 MiB frames), and `{key}.zst` written.
+fn zstd_round_trips(b: &dyn Backend) {
+    let text = text_like((9 << 20) + 11);
+    b.put("zs/text.txt", &text);
+    let srv = b.serve(&["--allow-write"]);
+    for parallel in [0, 1] {
+        let r = srv.get(&format!(
+            "/compress/zs/text.txt?format=zstd&parallel={parallel}"
+        ));
+        assert_eq!(r.status, 200, "{}: {}", b.name(), r.text());
+        assert_eq!(r.header("content-type"), Some("application/zstd"));
+        let (back, frames) = unzstd(&r.body);
+        assert_eq!(back, text, "{} parallel={parallel}", b.name());
+        let sizes: Vec<usize> = frames.iter().map(|f| f.content).collect();
+        let want = if parallel == 1 {
+            vec![4 << 20, 4 << 20, (1 << 20) + 11]
+        } else {
+            vec![text.len()]
+        };
+        assert_eq!(sizes, want, "{} parallel={parallel}", b.name());
+    }
+    let r = srv.post("/compress/zs/text.txt?format=zstd&level=9", b"");
+    assert_eq!(r.status, 200, "{}: {}", b.name(), r.text());
+    let v = r.json();
+    assert_eq!(v["output"], "zs/text.txt.zst");
+    let written = b.read("zs/text.txt.zst").expect("output written");
+    assert_eq!(v["bytes_out"].as_u64(), Some(written.len() as u64));
+    assert_eq!(unzstd(&written).0, text, "{}", b.name());
+    assert_eq!(b.leftovers(), Vec::<String>::new(), "{}", b.name());
+}
+
 fn odd_keys_work(b: &dyn Backend) {
     let key = "dir with space/naïve ünïcödé ☃ (1) + 100%.txt";
     let data = text_like(70_000);
@@ -818,6 +850,7 @@ fn digest_cache_is_never_stale(b: &dyn Backend) {
 fn all_handler_tests(b: &dyn Backend) {
     digests_match_hashlib(b);
     gzip_round_trips(b);
+    zstd_round_trips(b);
     odd_keys_work(b);
     hostile_keys_stay_inside(b);
     missing_keys_are_404(b);

@@ -1,0 +1,254 @@
+//! Parallel compression of one large source or body, in any codec: its
+//! blocks (`Codec::block_len` bytes: 128 KiB for gzip, 4 MiB zstd frames)
+//! are compressed as separate pool jobs through a `BlockPipeline`, and their
+//! output is sent in order as each completes.
+
+use std::collections::VecDeque;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::AppState;
+use super::body::BodyReader;
+use super::compress::stream_error;
+use super::file_job::Source;
+use crate::block_pipeline::BlockPipeline;
+use crate::cpu_pool::Lane;
+use crate::error::ApiError;
+use crate::kernel::{Block, BlockCutter, Codec};
+use crate::metrics::{Direction, Op};
+use crate::storage::Piece;
+
+/// Inputs at or above this size are compressed in parallel unless the client
+/// asks otherwise: below it the stream fits in a few blocks and the
+/// serial encoder's single job is as fast.
+pub const AUTO_PARALLEL_BYTES: u64 = 4 << 20;
+
+/// A pipeline of the request's lane that counts what it compresses.
+struct Pipeline {
+    st: AppState,
+    blocks: BlockPipeline<ApiError>,
+}
+
+impl Pipeline {
+    fn new(st: &AppState, lane: Lane, codec: Codec) -> Pipeline {
+        Pipeline {
+            st: st.clone(),
+            blocks: BlockPipeline::new(lane, codec, st.pool.threads()),
+        }
+    }
+
+    /// The next block's compressed bytes, in order; `None` when none is in flight.
+    async fn next(&mut self) -> Option<Result<Bytes, ApiError>> {
+        let block = self.blocks.next().await?;
+        Some(block.map(|b: Block| {
+            let m = &self.st.metrics;
+            m.add_bytes(Op::Compress, Direction::In, b.bytes_in);
+            m.add_bytes(Op::Compress, Direction::Out, b.out.len() as u64);
+            Bytes::from(b.out)
+        }))
+    }
+
+    fn trailer(&self) -> Bytes {
+        let t = self.blocks.trailer();
+        self.st
+            .metrics
+            .add_bytes(Op::Compress, Direction::Out, t.len() as u64);
+        Bytes::from(t)
+    }
+}
+
+/// Streams a source, compressed. Blocks are taken in order from the source,
+/// as one piece or several (an object's ranges); each job reads its block
+/// and the dictionary before it (a local file with `pread`, in the job; an
+/// object's bytes were fetched already), so blocks need nothing from each
+/// other but their position.
+pub fn file_body(st: &AppState, src: Source, codec: Codec) -> Body {
+    struct State {
+        src: Source,
+        size: u64,
+        /// Bytes handed to jobs so far.
+        handed: u64,
+        /// The last piece of the block before the next one: the next
+        /// block's dictionary.
+        prev: Option<Piece>,
+        input_done: bool,
+        pipe: Pipeline,
+        finished: bool,
+    }
+    let state = State {
+        size: src.size(),
+        pipe: Pipeline::new(st, src.lane(), codec),
+        src,
+        handed: 0,
+        prev: None,
+        input_done: false,
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(state, move |mut s| async move {
+        if s.finished {
+            return None;
+        }
+        while !s.pipe.blocks.full() && !s.input_done {
+            let (block, dict) = match next_block(&mut s.src, codec, &mut s.prev).await {
+                Ok(b) => b,
+                Err(e) => {
+                    s.finished = true;
+                    return Some((Err(stream_error(e)), s));
+                }
+            };
+            let len: u64 = block.iter().map(|p| p.len() as u64).sum();
+            if len == 0 {
+                s.input_done = true;
+                // An empty source is still one (empty, final) block.
+                if s.handed == 0 {
+                    s.pipe.blocks.push(move || Ok(codec.block(&[], &[], true)));
+                }
+                break;
+            }
+            s.handed += len;
+            let last = s.handed == s.size;
+            let shown = s.src.shown_arc();
+            s.pipe.blocks.push(move || {
+                let split = dict.as_ref().map_or(0, Piece::len);
+                let mut buf = vec![0u8; split + len as usize];
+                let read = |piece: &Piece, out: &mut [u8]| {
+                    piece
+                        .read_into(out)
+                        .map_err(|e| ApiError::from_storage(e, &shown, false))
+                };
+                if let Some(dict) = &dict {
+                    read(dict, &mut buf[..split])?;
+                }
+                let mut at = split;
+                for piece in &block {
+                    read(piece, &mut buf[at..at + piece.len()])?;
+                    at += piece.len();
+                }
+                Ok(codec.block(&buf[split..], &buf[..split], last))
+            });
+        }
+        match s.pipe.next().await {
+            Some(Ok(bytes)) => Some((Ok(bytes), s)),
+            Some(Err(e)) => {
+                s.finished = true;
+                Some((Err(stream_error(e)), s))
+            }
+            None => {
+                s.finished = true;
+                // One version of the source, or a cut stream.
+                if let Err(e) = s.src.check_unchanged() {
+                    return Some((Err(stream_error(e)), s));
+                }
+                let t = s.pipe.trailer();
+                Some((Ok(t), s))
+            }
+        }
+    });
+    with_header(codec, stream)
+}
+
+/// The pieces of the source's next block (empty at the end), up to the
+/// codec's block length, and the dictionary before it; `prev` is updated.
+async fn next_block(
+    src: &mut Source,
+    codec: Codec,
+    prev: &mut Option<Piece>,
+) -> Result<(Vec<Piece>, Option<Piece>), ApiError> {
+    let want = codec.block_len();
+    let mut pieces = Vec::new();
+    let mut got = 0;
+    while got < want {
+        let Some(p) = src.next(want - got).await? else {
+            break;
+        };
+        got += p.len();
+        pieces.push(p);
+    }
+    let dict = match pieces.last() {
+        Some(last) if codec.dict_len() > 0 => {
+            prev.replace(last.clone()).map(|p| p.tail(codec.dict_len()))
+        }
+        _ => None,
+    };
+    Ok((pieces, dict))
+}
+
+/// Streams a request body, compressed, in blocks compressed in parallel as
+/// they fill. Reading the body pauses while the window is full, so a fast
+/// sender meets TCP backpressure, not a growing queue.
+pub fn body_body(st: &AppState, lane: Lane, body: BodyReader, codec: Codec) -> Body {
+    struct State {
+        body: BodyReader,
+        pipe: Pipeline,
+        /// Input collected for the next block; `None` once the body ended.
+        cutter: Option<BlockCutter>,
+        finished: bool,
+        /// Compressed blocks ready to send, in order.
+        ready: VecDeque<Bytes>,
+    }
+    let state = State {
+        body,
+        pipe: Pipeline::new(st, lane, codec),
+        cutter: Some(BlockCutter::new(codec)),
+        finished: false,
+        ready: VecDeque::new(),
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        if s.finished {
+            return None;
+        }
+        loop {
+            if let Some(b) = s.ready.pop_front() {
+                return Some((Ok(b), s));
+            }
+            // Fill and dispatch blocks while there is room in the window.
+            while s.cutter.is_some() && !s.pipe.blocks.full() {
+                match s.body.next().await {
+                    Err(e) => {
+                        s.finished = true;
+                        return Some((Err(stream_error(e)), s));
+                    }
+                    Ok(None) => {
+                        let cutter = s.cutter.take().expect("checked");
+                        if let Some(b) = cutter.end() {
+                            s.pipe.blocks.push(move || Ok(b.compress()));
+                        }
+                    }
+                    Ok(Some(chunk)) => {
+                        let cutter = s.cutter.as_mut().expect("checked");
+                        let mut rest = &chunk[..];
+                        while let Some(b) = cutter.fill(&mut rest) {
+                            s.pipe.blocks.push(move || Ok(b.compress()));
+                        }
+                    }
+                }
+            }
+            match s.pipe.next().await {
+                Some(Ok(b)) => s.ready.push_back(b),
+                Some(Err(e)) => {
+                    s.finished = true;
+                    return Some((Err(stream_error(e)), s));
+                }
+                None if s.cutter.is_none() => {
+                    s.finished = true;
+                    let t = s.pipe.trailer();
+                    return Some((Ok(t), s));
+                }
+                None => {}
+            }
+        }
+    });
+    with_header(codec, stream)
+}
+
+/// The codec's header (gzip's 10 bytes; nothing for zstd), then the
+/// blocks' stream (which ends with the trailer).
+fn with_header<S>(codec: Codec, blocks: S) -> Body
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let header = Bytes::from(codec.header());
+    Body::from_stream(futures_util::stream::once(async move { Ok(header) }).chain(blocks))
+}
