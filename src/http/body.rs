@@ -24,6 +24,10 @@ pub struct BodyReader {
     /// `verified`: the declared digests and the hasher computing them as
     /// the chunks go by; checked at the end of the body.
     check: Option<Box<Check>>,
+    /// Chunks `read_ahead` took before the answer started, handed out
+    /// first by `next`; `ended` when the body's end came with them.
+    ahead: std::collections::VecDeque<Bytes>,
+    ended: bool,
 }
 
 struct Check {
@@ -48,6 +52,8 @@ impl BodyReader {
             timeout,
             read: 0,
             check: None,
+            ahead: Default::default(),
+            ended: false,
         })
     }
 
@@ -71,8 +77,43 @@ impl BodyReader {
         Ok(body)
     }
 
+    /// For an answer that streams while the body is read: when the body
+    /// carries a `Content-Digest` and ends within `max` bytes, reads all of
+    /// it now, so a mismatch is a clear 400 before the answer starts rather
+    /// than a stream cut short. A longer body keeps what was read (at most
+    /// `max` and one chunk) for `next` and is checked at its end as before.
+    pub async fn read_ahead(&mut self, max: u64) -> Result<(), ApiError> {
+        if self.check.is_none() {
+            return Ok(());
+        }
+        let (mut taken, mut held) = (std::collections::VecDeque::new(), 0);
+        let mut ended = false;
+        while held <= max {
+            match self.next().await? {
+                Some(chunk) => {
+                    held += chunk.len() as u64;
+                    taken.push_back(chunk);
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        // Only now: `next` hands out `ahead` first.
+        self.ahead = taken;
+        self.ended = ended;
+        Ok(())
+    }
+
     /// The next chunk, `None` at the end of the body.
     pub async fn next(&mut self) -> Result<Option<Bytes>, ApiError> {
+        if let Some(chunk) = self.ahead.pop_front() {
+            return Ok(Some(chunk));
+        }
+        if self.ended {
+            return Ok(None);
+        }
         loop {
             let frame = match tokio::time::timeout(self.timeout, self.body.frame()).await {
                 Err(_) => return Err(ApiError::BodyTimeout(self.timeout.as_secs())),

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::body::BodyReader;
 use super::file_job::{Output, Source, path_after};
+use super::hash::INLINE_BODY;
 use super::parallel_compress::{self, AUTO_PARALLEL_BYTES};
 use super::query::Query;
 use super::sent_digest::SourceIdentity;
@@ -140,7 +141,10 @@ pub async fn compress_body(
     let parallel = query
         .parallel()?
         .unwrap_or(declared.is_some_and(|n| n >= AUTO_PARALLEL_BYTES));
-    let body = BodyReader::verified(req, &st)?;
+    let mut body = BodyReader::verified(req, &st)?;
+    // A small upload with a wrong Content-Digest gets its 400 before the
+    // 200 has started (a long one can only be cut short at its end).
+    body.read_ahead(INLINE_BODY).await?;
     let lane = st.pool.lane();
     if let Some(n) = declared {
         lane.plan(Op::Compress, n)?;
