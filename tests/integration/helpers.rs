@@ -220,7 +220,7 @@ pub fn clean_env(cmd: &mut Command) {
 
 /// Spawns `cmd` (stderr piped), keeps draining its stderr into a shared log
 /// (a full pipe would block the server's logging), and waits for the
-/// `listening on http://ADDR` line.
+/// `listening on http://ADDR` (or `https://`) line.
 pub fn spawn_listening(mut cmd: Command) -> (Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -234,8 +234,12 @@ pub fn spawn_listening(mut cmd: Command) -> (Child, SocketAddr, Arc<Mutex<Vec<St
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(i) = line.find("listening on http://") {
-                    let rest = &line[i + "listening on http://".len()..];
+                // Plain or TLS: the address follows the scheme either way.
+                let found = ["listening on http://", "listening on https://"]
+                    .iter()
+                    .find_map(|m| line.find(m).map(|i| i + m.len()));
+                if let Some(at) = found {
+                    let rest = &line[at..];
                     let end = rest
                         .find(|c: char| c == '"' || c.is_whitespace())
                         .unwrap_or(rest.len());

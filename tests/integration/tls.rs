@@ -2,16 +2,15 @@
 //! rcgen, and a real client: Python's `ssl` and `http.client` (standard
 //! library), which also computes the expected digests with `hashlib`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{BIN, Server, clean_env, pseudo_random};
+use crate::helpers::{BIN, Server, clean_env, pseudo_random, spawn_listening};
 
 /// A self-signed certificate for 127.0.0.1 and localhost, written as PEM.
 struct Cert {
@@ -113,35 +112,10 @@ fn start(root: &Path, cert: &Cert, args: &[&str]) -> Server {
     .arg(&cert.cert)
     .arg("--tls-key")
     .arg(&cert.key)
-    .args(args)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    .args(args);
     clean_env(&mut cmd);
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(i) = line.find("listening on https://") {
-                let rest = &line[i + "listening on https://".len()..];
-                let end = rest.find(['"', ' ']).unwrap_or(rest.len());
-                let _ = tx.send(rest[..end].to_string());
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(15))
-        .unwrap_or_else(|_| panic!("no https address; log:\n{}", log.lock().unwrap().join("\n")));
-    Server {
-        child,
-        addr: addr.parse().unwrap(),
-        log,
-    }
+    let (child, addr, log) = spawn_listening(cmd);
+    Server { child, addr, log }
 }
 
 /// Waits until a TLS client sees certificate `want` (a reload has happened).
