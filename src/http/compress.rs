@@ -13,6 +13,7 @@ use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -233,6 +234,20 @@ pub async fn compress_to_file(
     // From here on, any error or a client that leaves drops `state`, and
     // with it the output: no partial `.gz`/`.zst`, no temporary, no upload left.
     let lane = src.lane();
+    // Large sources in parallel blocks, on every pool thread, as GET does;
+    // a declared Content-Digest needs the bytes in order: the serial path.
+    if src.size() >= AUTO_PARALLEL_BYTES && !src.verifying() {
+        let out = Output::create(&st, &lane, &out_rel).await?;
+        let bytes_in = src.size();
+        let (bytes_out, out) = write_parallel(&st, src, codec, out, &lane).await?;
+        let out_shown = out.shown().to_string();
+        out.commit(&lane).await?;
+        return Ok(Json(json!({
+            "output": out_shown,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+        })));
+    }
     let mut state = (codec.encoder(), Output::create(&st, &lane, &out_rel).await?);
     // Counted as it goes, like a download, so progress shows while it runs.
     let (mut counted_in, mut counted_out) = (0, 0);
@@ -275,4 +290,36 @@ pub async fn compress_to_file(
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
     })))
+}
+
+/// Output written per write: large enough that a local write is one pool
+/// job per megabyte, small enough to keep the upload's parts flowing.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Compresses `src` in parallel blocks into `out`; the bytes written.
+async fn write_parallel(
+    st: &AppState,
+    src: Source,
+    codec: Codec,
+    mut out: Output,
+    lane: &Lane,
+) -> Result<(u64, Output), ApiError> {
+    let mut blocks = std::pin::pin!(parallel_compress::file_stream(st, src, codec));
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut written = 0;
+    loop {
+        let block = blocks.next().await.transpose()?;
+        if let Some(b) = &block {
+            batch.extend_from_slice(b);
+        }
+        if batch.len() >= WRITE_BATCH || (block.is_none() && !batch.is_empty()) {
+            written += batch.len() as u64;
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
+            out = out.write_anywhere(lane, full).await?;
+            out.flush().await?;
+        }
+        if block.is_none() {
+            return Ok((written, out));
+        }
+    }
 }

@@ -152,6 +152,12 @@ impl Source {
         }
     }
 
+    /// Whether `verify` found a declared digest: the bytes must then go
+    /// through `step`, in order, to be checked.
+    pub fn verifying(&self) -> bool {
+        self.check.is_some()
+    }
+
     /// The request's lane, for jobs of its own (parallel blocks, the end).
     pub fn lane(&self) -> Lane {
         self.lane.clone()
@@ -294,6 +300,20 @@ impl Output {
         self.upload
             .write(data)
             .map_err(|e| ApiError::from_storage(e, &self.shown, true))
+    }
+
+    /// Appends `data` on the request's task when the backend can do it
+    /// without blocking, else in a pool job of `lane`.
+    pub async fn write_anywhere(mut self, lane: &Lane, data: Vec<u8>) -> Result<Self, ApiError> {
+        if let Some(r) = self.upload.write_now(&data) {
+            r.map_err(|e| ApiError::from_storage(e, &self.shown, true))?;
+            return Ok(self);
+        }
+        lane.run(move || {
+            self.write(&data)?;
+            Ok::<_, ApiError>(self)
+        })
+        .await?
     }
 
     /// After each job that wrote: lets the backend send what it buffered.

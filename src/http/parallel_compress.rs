@@ -59,12 +59,22 @@ impl Pipeline {
     }
 }
 
-/// Streams a source, compressed. Blocks are taken in order from the source,
-/// as one piece or several (an object's ranges); each job reads its block
-/// and the dictionary before it (a local file with `pread`, in the job; an
-/// object's bytes were fetched already), so blocks need nothing from each
-/// other but their position.
+/// Streams a source, compressed.
 pub fn file_body(st: &AppState, src: Source, codec: Codec) -> Body {
+    Body::from_stream(file_stream(st, src, codec).map(|r| r.map_err(stream_error)))
+}
+
+/// A source, compressed: the codec's header, the blocks in order, the
+/// trailer. Blocks are taken in order from the source, as one piece or
+/// several (an object's ranges); each job reads its block and the
+/// dictionary before it (a local file with `pread`, in the job; an
+/// object's bytes were fetched already), so blocks need nothing from each
+/// other but their position. After an error the stream ends.
+pub fn file_stream(
+    st: &AppState,
+    src: Source,
+    codec: Codec,
+) -> impl futures_util::Stream<Item = Result<Bytes, ApiError>> + Send + 'static {
     struct State {
         src: Source,
         size: u64,
@@ -95,7 +105,7 @@ pub fn file_body(st: &AppState, src: Source, codec: Codec) -> Body {
                 Ok(b) => b,
                 Err(e) => {
                     s.finished = true;
-                    return Some((Err(stream_error(e)), s));
+                    return Some((Err(e), s));
                 }
             };
             let len: u64 = block.iter().map(|p| p.len() as u64).sum();
@@ -133,20 +143,21 @@ pub fn file_body(st: &AppState, src: Source, codec: Codec) -> Body {
             Some(Ok(bytes)) => Some((Ok(bytes), s)),
             Some(Err(e)) => {
                 s.finished = true;
-                Some((Err(stream_error(e)), s))
+                Some((Err(e), s))
             }
             None => {
                 s.finished = true;
                 // One version of the source, or a cut stream.
                 if let Err(e) = s.src.check_unchanged() {
-                    return Some((Err(stream_error(e)), s));
+                    return Some((Err(e), s));
                 }
                 let t = s.pipe.trailer();
                 Some((Ok(t), s))
             }
         }
     });
-    with_header(codec, stream)
+    let header = Bytes::from(codec.header());
+    futures_util::stream::once(async move { Ok(header) }).chain(stream)
 }
 
 /// The pieces of the source's next block (empty at the end), up to the

@@ -89,6 +89,14 @@ pub trait Upload: Send {
     /// Appends `data`. Runs on a pool thread (a local write is a system call).
     fn write(&mut self, data: &[u8]) -> Result<(), StorageError>;
 
+    /// `write` on the calling thread, only if it cannot block (the backend
+    /// buffers in memory); `None` when it would, and nothing is written: use
+    /// `write` on a pool thread. Saves a pool job per write when the pool
+    /// is busy compressing blocks in parallel.
+    fn write_now(&mut self, _data: &[u8]) -> Option<Result<(), StorageError>> {
+        None
+    }
+
     /// Sends what `write` buffered once there is enough for a part, and waits
     /// while too many parts are in flight. Runs on the request's task after
     /// each `write`.

@@ -909,6 +909,11 @@ impl Upload for S3Upload {
         Ok(())
     }
 
+    fn write_now(&mut self, data: &[u8]) -> Option<Result<(), StorageError>> {
+        // Into memory: parts are sent by `flush`, on the request's task.
+        Some(self.write(data))
+    }
+
     fn flush(&mut self) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
             if self.part.is_empty() {
