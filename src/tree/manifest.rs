@@ -311,7 +311,8 @@ impl Hashing {
             return Step::Big { path, symlink };
         }
         *budget -= size;
-        let started = SystemTime::now();
+        // Only a cache needs the time (a clock read per file otherwise).
+        let started = self.cache.as_ref().map(|_| SystemTime::now());
         match hash_whole(&mut file, size, &self.algs) {
             Ok(digests) => {
                 self.remember(key, &file, &digests, started);
@@ -335,9 +336,15 @@ impl Hashing {
 
     /// Caches `digests` of the version `key` names, if the file did not
     /// change while it was hashed.
-    fn remember(&self, key: Option<Key>, file: &File, digests: &Digests, started: SystemTime) {
+    fn remember(
+        &self,
+        key: Option<Key>,
+        file: &File,
+        digests: &Digests,
+        started: Option<SystemTime>,
+    ) {
         // No fstat without a cache (the command line has none).
-        if let (Some(cache), Some(before)) = (&self.cache, key)
+        if let (Some(cache), Some(before), Some(started)) = (&self.cache, key, started)
             && let Ok(meta) = file.metadata()
             && Key::new(identity(&meta), &self.algs) == before
         {
@@ -369,7 +376,8 @@ impl Hashing {
             Ok(x) => x,
             Err(done) => return Ok(*done),
         };
-        let started = SystemTime::now();
+        // Only a cache needs the time (a clock read per file otherwise).
+        let started = self.cache.as_ref().map(|_| SystemTime::now());
         match hash_pieces(&self.lane, file, &self.algs).await {
             Ok((file, digests)) => {
                 self.remember(key, &file, &digests, started);
@@ -527,4 +535,88 @@ pub fn ndjson_line(r: &Record, requested: &AlgorithmList, out: &mut Vec<u8>) {
     }
     serde_json::to_writer(&mut *out, &obj).expect("writing JSON to a Vec");
     out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu_pool::PoolLimits;
+    use crate::digest_cache::RACY_WINDOW;
+    use crate::metrics::Slot;
+    use std::time::Duration;
+
+    fn manifest(root: &Arc<Root>, cache: &Arc<DigestCache>) -> Vec<(String, Digests)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let limits = PoolLimits {
+            threads: 2,
+            queue: 64,
+            max_wait: Duration::from_secs(60),
+        };
+        let pool = CpuPool::new(limits, Box::leak(Slot::new_boxed()));
+        let algs = AlgorithmList::default_list();
+        rt.block_on(async {
+            let mut m = Manifest::start(&pool, root.clone(), None, &algs, Some(cache.clone()))
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            while let Some(r) = m.next().await {
+                match r {
+                    Record::File { path, digests } => {
+                        out.push((String::from_utf8(path).unwrap(), digests))
+                    }
+                    r => panic!("{r:?}"),
+                }
+            }
+            out
+        })
+    }
+
+    /// Both paths, a small file hashed inside its group and a big one hashed
+    /// in pieces, answer from the digest cache and fill it.
+    #[test]
+    fn small_and_big_files_use_and_fill_the_digest_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let big = vec![7u8; PIECE_MAX + 1];
+        std::fs::write(t.path().join("big"), &big).unwrap();
+        std::fs::write(t.path().join("small"), b"small").unwrap();
+        let root = Arc::new(Root::open(t.path()).unwrap());
+        let algs = AlgorithmList::default_list();
+        let key = |name: &str| {
+            let meta = std::fs::metadata(t.path().join(name)).unwrap();
+            Key::new(identity(&meta), &algs)
+        };
+
+        // Planted entries (as if hashed well after the files' last change)
+        // are what a manifest that asks the cache reports.
+        let planted = Arc::new(DigestCache::new(1 << 20));
+        let fake = Digests {
+            bytes: 1,
+            entries: vec![(algs.as_slice()[0], "00".repeat(32))],
+        };
+        let later = SystemTime::now() + 2 * RACY_WINDOW;
+        planted.insert(key("big"), &fake, later);
+        planted.insert(key("small"), &fake, later);
+        let got = manifest(&root, &planted);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|(_, d)| *d == fake), "{got:?}");
+
+        // Files older than the racy window are learnt, with their real digests.
+        std::thread::sleep(RACY_WINDOW + Duration::from_millis(100));
+        let learnt = Arc::new(DigestCache::new(1 << 20));
+        let got = manifest(&root, &learnt);
+        let hex = |data: &[u8]| -> String {
+            Sha256::digest(data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        assert_eq!(got[0].0, "big");
+        assert_eq!(got[0].1.entries[0].1, hex(&big));
+        assert_eq!(got[1].1.entries[0].1, hex(b"small"));
+        assert_eq!(learnt.get(&key("big")), Some(got[0].1.clone()));
+        assert_eq!(learnt.get(&key("small")), Some(got[1].1.clone()));
+    }
 }
