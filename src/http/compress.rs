@@ -38,8 +38,10 @@ fn compressed_response(codec: Codec, body: Body) -> Response {
 
 /// Ends a response body that has already started: the client sees a cut
 /// stream (an incomplete gzip member or zstd frame), the log sees why.
+/// The `ApiError` rides inside, for a caller that has not answered yet
+/// (`ApiError::from_stream`).
 pub(super) fn stream_error(e: ApiError) -> std::io::Error {
-    std::io::Error::other(format!("{}: {}", e.code(), e.message()))
+    std::io::Error::other(e)
 }
 
 /// A file or object under the root, compressed, streamed back.

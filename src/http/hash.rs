@@ -88,7 +88,15 @@ pub async fn hash_body(
     };
     let mut body = BodyReader::new(req, st.config.max_body, st.config.body_read_timeout)?;
     let mut hasher = MultiHasher::new(&computed);
-    while hasher.bytes() < INLINE_BODY {
+    // Digests at memory speed cost less than reading the socket: a hand-off
+    // to the pool would only add a wake-up and move the bytes to another
+    // core's cache, so the whole body is hashed here as it arrives.
+    let inline = if computed.at_memory_speed() {
+        u64::MAX
+    } else {
+        INLINE_BODY
+    };
+    while hasher.bytes() < inline {
         match body.next().await? {
             Some(chunk) => hasher.update(&chunk),
             None => return reply.body_digest(&st, hasher),
