@@ -19,10 +19,10 @@
 //!   its priority against fresh small requests), and no file stays open
 //!   while it waits for its turn.
 //!
-//! At most `window` entries are listed or in flight; their records come out
-//! in walk order, so the output is sorted and memory stays flat whatever
-//! the tree's size. A client that leaves drops the stream: no further job
-//! is queued.
+//! At most `window` entries are in flight, and at most two listings' worth
+//! wait for a group; records come out in walk order, so the output is
+//! sorted and memory stays flat whatever the tree's size. A client that
+//! leaves drops the stream: no further job is queued.
 
 use std::collections::VecDeque;
 use std::fs::{File, Metadata};
@@ -112,7 +112,7 @@ pub struct Manifest {
     /// The listing job in flight.
     listing: Option<Listing>,
     walk_done: bool,
-    /// Listed, not yet in a group.
+    /// Listed, not yet in a group (fewer than two listings' worth).
     listed: VecDeque<Entry>,
     /// Groups in flight, in walk order, and how many entries each holds.
     groups: FuturesOrdered<Group>,
@@ -121,7 +121,7 @@ pub struct Manifest {
     in_groups: usize,
     /// Records ready, in order (a group finishes several at once).
     ready: VecDeque<Record>,
-    /// Most entries listed or in flight.
+    /// Most entries in groups in flight.
     window: usize,
 }
 
@@ -172,10 +172,12 @@ impl Manifest {
                 return Poll::Ready(Some(r));
             }
             let mut moved = false;
-            // Keep the window full: list ahead while there is room.
+            // List a batch ahead, so the names for the next groups are there
+            // when a group ends: a listing queued only once the groups ran
+            // low would leave the threads idle while it ran.
             if self.listing.is_none()
                 && !self.walk_done
-                && self.listed.len() + self.in_groups < self.window
+                && self.listed.len() < WALK_BATCH
                 && let Some(mut walk) = self.walk.take()
             {
                 let lane = self.hashing.lane.clone();
