@@ -13,7 +13,7 @@ use super::body::{BodyReader, mismatch};
 use super::digest_fields::Expected;
 use super::file_job::{Source, path_after};
 use super::query::Query;
-use crate::cpu_pool::Pending;
+use crate::cpu_pool::{Pending, WorkKind};
 use crate::digest_cache::Key;
 use crate::error::ApiError;
 use crate::kernel::{Digests, Encoding, MultiHasher};
@@ -193,7 +193,7 @@ pub async fn hash_file(
     let hasher = match src.fold_now(MultiHasher::new(&algs), INLINE_FILE, update)? {
         Ok(hasher) => hasher,
         Err(hasher) => {
-            src.plan(Op::Hash)?;
+            src.plan(WorkKind::Hash)?;
             src.fold(hasher, update).await?
         }
     };
