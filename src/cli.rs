@@ -193,7 +193,7 @@ async fn one_file(
     let (file, _) = root
         .open_file(&rel)
         .map_err(|e| crate::error::ApiError::from_open(e, &shown).message())?;
-    match hash_file(pool.lane(), name, file, algs.clone(), None).await {
+    match hash_file(pool.lane(), name, file, algs.clone()).await {
         Record::File { digests, .. } => Ok(digests),
         Record::Error { error, .. } => Err(error.message()),
         Record::Skipped { why, .. } => Err(why.to_string()),

@@ -47,15 +47,27 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::metrics::{Op, ShedReason, Slot};
+use crate::metrics::{ShedReason, Slot};
 
 /// Most a lane's used CPU time delays its jobs against first-come order.
 const MAX_PENALTY: Duration = Duration::from_millis(100);
 /// The run-time estimate of a job before any has been measured.
 const FIRST_ESTIMATE: Duration = Duration::from_millis(1);
 /// CPU cost per byte (picoseconds) before any request has finished, per
-/// `Op`: SHA-256 runs at ~1.4 GB/s a core, gzip -6 at ~50 MB/s.
-const FIRST_COST_PS: [u64; 2] = [1_000, 20_000];
+/// `WorkKind`: SHA-256 runs at ~1.4 GB/s a core, gzip -6 at ~50 MB/s, zstd -3
+/// at ~350 MB/s.
+const FIRST_COST_PS: [u64; 3] = [1_000, 20_000, 3_000];
+
+/// What a planned request does with its bytes. Each kind's cost per byte is
+/// learned apart: they differ tenfold, and one shared figure would price a
+/// zstd request at gzip's cost (refusing it for nothing) or a gzip one at
+/// zstd's (admitting seconds of work as if it were milliseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkKind {
+    Hash = 0,
+    Gzip = 1,
+    Zstd = 2,
+}
 /// Requests smaller than this teach nothing about cost per byte: their
 /// fixed costs (open, stat, answer) dominate.
 const LEARN_FROM_BYTES: u64 = 4 << 20;
@@ -115,8 +127,8 @@ struct Shared {
     planned: Mutex<Vec<Weak<LaneStats>>>,
     /// Live planned lanes (decremented when a lane's stats drop).
     planned_live: Arc<AtomicUsize>,
-    /// Measured CPU cost per byte (picoseconds), per `Op`.
-    cost_ps: [AtomicU64; 2],
+    /// Measured CPU cost per byte (picoseconds), per `WorkKind`.
+    cost_ps: [AtomicU64; 3],
 }
 
 struct Owner(Arc<Shared>);
@@ -195,7 +207,7 @@ struct LaneStats {
 }
 
 struct Plan {
-    op: Op,
+    work: WorkKind,
     bytes: u64,
     nanos: u64,
     /// `Shared::planned_live`, decremented when this lane's stats drop.
@@ -444,17 +456,17 @@ impl Lane {
         self.submit(f).await?.wait().await
     }
 
-    /// Declares the work still ahead of this request (`bytes` of `op`) and
+    /// Declares the work still ahead of this request (`bytes` of `work`) and
     /// admits it a second time by its size: refused with `Overloaded` when
     /// sharing the threads with the planned requests already running would
     /// delay it by more than `--max-queue-wait`. Once per lane; later calls
     /// are ignored.
-    pub fn plan(&self, op: Op, bytes: u64) -> Result<(), PoolError> {
+    pub fn plan(&self, work: WorkKind, bytes: u64) -> Result<(), PoolError> {
         let sh = &self.pool.shared;
         if self.stats.plan.get().is_some() {
             return Ok(());
         }
-        let own = (bytes as u128 * sh.cost_ps[op as usize].load(Ordering::Relaxed) as u128 / 1000)
+        let own = (bytes as u128 * sh.cost_ps[work as usize].load(Ordering::Relaxed) as u128 / 1000)
             .min(u64::MAX as u128) as u64;
         let k = sh.limits.threads as u64;
         // Finishing together with the others: (own + what each other
@@ -480,7 +492,7 @@ impl Lane {
             }
         }
         let plan = Plan {
-            op,
+            work,
             bytes,
             nanos: own,
             live: Arc::clone(&sh.planned_live),
@@ -506,7 +518,7 @@ impl Lane {
             return;
         }
         let seen = (used as u128 * 1000 / plan.bytes as u128).max(1) as u64;
-        let cost = &self.pool.shared.cost_ps[plan.op as usize];
+        let cost = &self.pool.shared.cost_ps[plan.work as usize];
         let old = cost.load(Ordering::Relaxed);
         // cost += (seen - cost) / 4
         cost.store(
@@ -886,9 +898,9 @@ mod tests {
         let pool = pool(1, 16, Duration::from_millis(200));
         // 100 MB of gzip at the first estimate (20 ns a byte) is 2 s of CPU.
         let first = pool.lane();
-        first.plan(Op::Compress, 100_000_000).unwrap();
+        first.plan(WorkKind::Gzip, 100_000_000).unwrap();
         let second = pool.lane();
-        let r = second.plan(Op::Compress, 100_000_000);
+        let r = second.plan(WorkKind::Gzip, 100_000_000);
         match r {
             Err(PoolError::Overloaded {
                 reason: ShedReason::Wait,
@@ -898,38 +910,39 @@ mod tests {
         }
         assert_eq!(pool.stats().pool_rejected(), 1);
         // A 64 KiB hash waits at most its own ~65 µs per running request.
-        pool.lane().plan(Op::Hash, 64 << 10).unwrap();
+        pool.lane().plan(WorkKind::Hash, 64 << 10).unwrap();
         // So does a 1 MiB gzip (~20 ms) on a pool whose bound allows it.
-        pool.lane().plan(Op::Compress, 1 << 20).unwrap();
+        pool.lane().plan(WorkKind::Gzip, 1 << 20).unwrap();
         drop(first);
-        pool.lane().plan(Op::Compress, 100_000_000).unwrap();
+        pool.lane().plan(WorkKind::Gzip, 100_000_000).unwrap();
     }
 
     /// What a finished request's bytes cost is learned, per operation.
     #[tokio::test]
     async fn cost_per_byte_is_learned_from_finished_requests() {
         let pool = pool(1, 16, Duration::from_secs(1));
-        let cost = |op: Op| pool.shared.cost_ps[op as usize].load(Ordering::Relaxed);
-        assert_eq!(cost(Op::Hash), FIRST_COST_PS[0]);
+        let cost = |work: WorkKind| pool.shared.cost_ps[work as usize].load(Ordering::Relaxed);
+        assert_eq!(cost(WorkKind::Hash), FIRST_COST_PS[0]);
         let lane = pool.lane();
-        lane.plan(Op::Hash, 8 << 20).unwrap();
+        lane.plan(WorkKind::Hash, 8 << 20).unwrap();
         // 8 MiB in 80 ms: ~9,500 ps a byte, far above the first guess.
         lane.run(|| thread::sleep(Duration::from_millis(80)))
             .await
             .unwrap();
         lane.done();
-        let learned = cost(Op::Hash);
+        let learned = cost(WorkKind::Hash);
         assert!(learned > 2_500 && learned < 9_500, "{learned}");
-        assert_eq!(cost(Op::Compress), FIRST_COST_PS[1]);
+        assert_eq!(cost(WorkKind::Gzip), FIRST_COST_PS[1]);
+        assert_eq!(cost(WorkKind::Zstd), FIRST_COST_PS[2]);
         // A small request teaches nothing.
         let small = pool.lane();
-        small.plan(Op::Hash, 64 << 10).unwrap();
+        small.plan(WorkKind::Hash, 64 << 10).unwrap();
         small
             .run(|| thread::sleep(Duration::from_millis(50)))
             .await
             .unwrap();
         small.done();
-        assert_eq!(cost(Op::Hash), learned);
+        assert_eq!(cost(WorkKind::Hash), learned);
     }
 
     /// A backlog made of a heavy request's penalized chunks does not shed a

@@ -235,6 +235,40 @@ fn os_reason(e: &std::io::Error) -> String {
     }
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message())
+    }
+}
+
+/// So a response body that has started can carry one (`io::Error::other`)
+/// and an answer that has not can still be made of it (`from_stream`).
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    /// The error a response body ended with: the `ApiError` it carries,
+    /// wherever in the chain of wrappers (axum's, `io::Error`) it sits;
+    /// otherwise an internal error naming what happened.
+    pub fn from_stream(e: axum::Error) -> ApiError {
+        let mut inner = e.into_inner();
+        loop {
+            inner = match inner.downcast::<ApiError>() {
+                Ok(api) => return *api,
+                Err(other) => match other.downcast::<std::io::Error>() {
+                    Ok(io) => match io.into_inner() {
+                        Some(next) => next,
+                        None => return ApiError::Internal("a response stream failed".into()),
+                    },
+                    Err(other) => match other.downcast::<axum::Error>() {
+                        Ok(ax) => ax.into_inner(),
+                        Err(other) => return ApiError::Internal(other.to_string()),
+                    },
+                },
+            };
+        }
+    }
+}
+
 impl From<PoolError> for ApiError {
     fn from(e: PoolError) -> ApiError {
         match e {

@@ -10,7 +10,7 @@
 //! refuses every symlink: stricter, never looser.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -223,8 +223,9 @@ impl Root {
         &self.path
     }
 
-    /// Opens a regular file under the root for reading.
-    pub fn open_file(&self, rel: &RelPath) -> Result<(File, u64), OpenError> {
+    /// Opens a regular file under the root for reading, with its metadata
+    /// (the one fstat that checked it is a file: callers need not ask again).
+    pub fn open_file(&self, rel: &RelPath) -> Result<(File, Metadata), OpenError> {
         // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
         // writer forever. It has no effect on regular files.
         let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
@@ -234,14 +235,14 @@ impl Root {
         if !meta.is_file() {
             return Err(OpenError::NotAFile);
         }
-        Ok((file, meta.len()))
+        Ok((file, meta))
     }
 
     /// `open_file` only if it cannot block: every component of the path is
     /// in the kernel's lookup caches (`RESOLVE_CACHED`), so no directory has
     /// to be read from a disk. `None` when it would have to wait (or the
     /// kernel cannot tell): open on the pool. Confinement is the same.
-    pub fn open_file_now(&self, rel: &RelPath) -> Option<Result<(File, u64), OpenError>> {
+    pub fn open_file_now(&self, rel: &RelPath) -> Option<Result<(File, Metadata), OpenError>> {
         if self.no_openat2.load(Ordering::Relaxed) || self.no_cached.load(Ordering::Relaxed) {
             return None;
         }
@@ -263,7 +264,7 @@ impl Root {
         };
         let file = File::from(fd);
         Some(match file.metadata() {
-            Ok(meta) if meta.is_file() => Ok((file, meta.len())),
+            Ok(meta) if meta.is_file() => Ok((file, meta)),
             Ok(_) => Err(OpenError::NotAFile),
             Err(e) => Err(OpenError::Io(e)),
         })
@@ -585,8 +586,8 @@ mod tests {
         // Warm the lookup caches the way a first request does.
         root.open_file(&rel("in.txt")).unwrap();
         match root.open_file_now(&rel("in.txt")) {
-            Some(Ok((file, size))) => {
-                assert_eq!(size, 6);
+            Some(Ok((file, meta))) => {
+                assert_eq!(meta.len(), 6);
                 let mut buf = [0u8; 6];
                 if let Some(n) = pread_now(&file, &mut buf, 0) {
                     assert_eq!(n.unwrap(), 6);

@@ -23,9 +23,9 @@ use super::hash::INLINE_BODY;
 use super::parallel_compress::{self, AUTO_PARALLEL_BYTES};
 use super::query::Query;
 use super::sent_digest::SourceIdentity;
-use crate::cpu_pool::Lane;
+use crate::cpu_pool::{Lane, WorkKind};
 use crate::error::ApiError;
-use crate::kernel::{Codec, Encode};
+use crate::kernel::{Codec, Encode, Format};
 use crate::metrics::{Direction, Op};
 
 fn compressed_response(codec: Codec, body: Body) -> Response {
@@ -37,10 +37,20 @@ fn compressed_response(codec: Codec, body: Body) -> Response {
     resp
 }
 
+/// What the pool learns the cost of, for this codec.
+fn work(codec: Codec) -> WorkKind {
+    match codec.format() {
+        Format::Gzip => WorkKind::Gzip,
+        Format::Zstd => WorkKind::Zstd,
+    }
+}
+
 /// Ends a response body that has already started: the client sees a cut
 /// stream (an incomplete gzip member or zstd frame), the log sees why.
+/// The `ApiError` rides inside, for a caller that has not answered yet
+/// (`ApiError::from_stream`).
 pub(super) fn stream_error(e: ApiError) -> std::io::Error {
-    std::io::Error::other(format!("{}: {}", e.code(), e.message()))
+    std::io::Error::other(e)
 }
 
 /// A file or object under the root, compressed, streamed back.
@@ -54,7 +64,7 @@ pub async fn compress_file(
     let parallel = query.parallel()?;
     let rel = path_after(req.uri().path(), "/compress/")?;
     let mut src = Source::open(&st, &rel).await?;
-    src.plan(Op::Compress)?;
+    src.plan(work(codec))?;
     // What the bytes sent are made from, for their digest (`sent_digest`).
     let made_from = SourceIdentity(src.identity().clone());
     if parallel.unwrap_or(src.size() >= AUTO_PARALLEL_BYTES) {
@@ -148,7 +158,7 @@ pub async fn compress_body(
     body.read_ahead(INLINE_BODY).await?;
     let lane = st.pool.lane();
     if let Some(n) = declared {
-        lane.plan(Op::Compress, n)?;
+        lane.plan(work(codec), n)?;
     }
     if parallel {
         // Admission, as for the serial path: 503 now if the pool is full.
@@ -230,7 +240,7 @@ pub async fn compress_to_file(
         .map_err(ApiError::from_path)?;
     let mut src = Source::open(&st, &rel).await?;
     src.verify(req.headers(), st.metrics)?;
-    src.plan(Op::Compress)?;
+    src.plan(work(codec))?;
     // From here on, any error or a client that leaves drops `state`, and
     // with it the output: no partial `.gz`/`.zst`, no temporary, no upload left.
     let lane = src.lane();

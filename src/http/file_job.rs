@@ -10,10 +10,10 @@ use futures_util::FutureExt;
 use super::AppState;
 use super::body::mismatch;
 use super::digest_fields::Expected;
-use crate::cpu_pool::{Lane, PoolError};
+use crate::cpu_pool::{Lane, PoolError, WorkKind};
 use crate::error::ApiError;
 use crate::kernel::{AlgorithmList, MultiHasher};
-use crate::metrics::{Op, Slot};
+use crate::metrics::Slot;
 use crate::root::RelPath;
 use crate::storage::{Identity, Object, PIECE_MAX, Piece, StorageError, Upload, Work};
 
@@ -104,16 +104,16 @@ impl Source {
     }
 
     /// Admission by size, once the request knows it will read the whole
-    /// source for `op` on the pool (a digest-cache hit or a `fold_now` will
+    /// source for `work` on the pool (a digest-cache hit or a `fold_now` will
     /// not): refused at once (503) when the pool is too busy, or when
     /// sharing it with the work already planned would make it wait too
     /// long. Before any pool job of the request.
-    pub fn plan(&mut self, op: Op) -> Result<(), ApiError> {
+    pub fn plan(&mut self, work: WorkKind) -> Result<(), ApiError> {
         if !self.admitted {
             self.lane.admit()?;
             self.admitted = true;
         }
-        Ok(self.lane.plan(op, self.size())?)
+        Ok(self.lane.plan(work, self.size())?)
     }
 
     /// Folds a source of at most `max` bytes right here, on the I/O thread,

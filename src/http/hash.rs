@@ -13,7 +13,7 @@ use super::body::{BodyReader, mismatch};
 use super::digest_fields::Expected;
 use super::file_job::{Source, path_after};
 use super::query::Query;
-use crate::cpu_pool::Pending;
+use crate::cpu_pool::{Pending, WorkKind};
 use crate::digest_cache::Key;
 use crate::error::ApiError;
 use crate::kernel::{Digests, Encoding, MultiHasher};
@@ -88,7 +88,15 @@ pub async fn hash_body(
     };
     let mut body = BodyReader::new(req, st.config.max_body, st.config.body_read_timeout)?;
     let mut hasher = MultiHasher::new(&computed);
-    while hasher.bytes() < INLINE_BODY {
+    // Digests at memory speed cost less than reading the socket: a hand-off
+    // to the pool would only add a wake-up and move the bytes to another
+    // core's cache, so the whole body is hashed here as it arrives.
+    let inline = if computed.at_memory_speed() {
+        u64::MAX
+    } else {
+        INLINE_BODY
+    };
+    while hasher.bytes() < inline {
         match body.next().await? {
             Some(chunk) => hasher.update(&chunk),
             None => return reply.body_digest(&st, hasher),
@@ -185,7 +193,7 @@ pub async fn hash_file(
     let hasher = match src.fold_now(MultiHasher::new(&algs), INLINE_FILE, update)? {
         Ok(hasher) => hasher,
         Err(hasher) => {
-            src.plan(Op::Hash)?;
+            src.plan(WorkKind::Hash)?;
             src.fold(hasher, update).await?
         }
     };

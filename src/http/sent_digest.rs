@@ -131,7 +131,9 @@ pub async fn compress_file(
     if head {
         // Made and hashed, not sent: the client asked for the digest alone.
         while let Some(frame) = body.frame().await {
-            frame.map_err(|e| ApiError::Internal(format!("compressing for HEAD: {e}")))?;
+            // Nothing has been sent: the failure is the answer, with its
+            // own status (409 a changed source, 502 a store down, ...).
+            frame.map_err(ApiError::from_stream)?;
         }
         let known = body.done.take().expect("hashed");
         parts.headers.extend(fields(&body.wants, &known));

@@ -67,6 +67,20 @@ impl Algorithm {
         }
     }
 
+    /// Whether it runs at memory speed (CRCs by carry-less multiply, XXH3:
+    /// 10–40 GB/s a core here), so hashing a piece costs less than the
+    /// socket read or page-cache copy that brought it.
+    pub fn at_memory_speed(self) -> bool {
+        matches!(
+            self,
+            Algorithm::Crc32c
+                | Algorithm::Crc32
+                | Algorithm::Crc64Nvme
+                | Algorithm::Xxh3
+                | Algorithm::Xxh128
+        )
+    }
+
     /// Looks a name up, ignoring ASCII case.
     pub fn from_name(name: &str) -> Option<Algorithm> {
         Algorithm::ALL
@@ -155,6 +169,11 @@ impl AlgorithmList {
                 self.0.push(a);
             }
         }
+    }
+
+    /// Every algorithm of the list runs at memory speed.
+    pub fn at_memory_speed(&self) -> bool {
+        self.0.iter().all(|a| a.at_memory_speed())
     }
 
     /// The algorithms, first one is the "primary" digest.

@@ -10,7 +10,6 @@ use std::fmt;
 use std::io;
 
 use flate2::bufread::MultiGzDecoder;
-use flate2::write::GzEncoder;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
 use super::codec::Compressor;
@@ -53,18 +52,238 @@ impl fmt::Display for Level {
 }
 
 /// The streaming encoder (`codec::Stream` makes it an `Encode`).
-pub fn compressor(level: Level) -> GzEncoder<Vec<u8>> {
-    GzEncoder::new(Vec::with_capacity(64 * 1024), Compression::new(level.0))
+pub fn compressor(level: Level) -> GzStream {
+    GzStream {
+        deflate: Compress::new(Compression::new(level.get()), false),
+        stored: false,
+        tail: Vec::new(),
+        crc: Crc::new(),
+        carry: Vec::new(),
+        out: header(level).to_vec(),
+    }
 }
 
-impl Compressor for GzEncoder<Vec<u8>> {
+/// A gzip stream written piece by piece. Its input is judged in
+/// `SNIFF`-sized pieces: one that `incompressible` rejects is written as
+/// stored blocks instead of being searched for matches that are not there,
+/// so a stream of already-compressed data costs a copy instead of ~15 ms
+/// per MiB. When data worth deflating comes back, the stored bytes just
+/// before it become deflate's dictionary, so its matches reach across.
+pub struct GzStream {
+    deflate: Compress,
+    /// Whether the last piece was written as stored blocks.
+    stored: bool,
+    /// The last `DICT` bytes of a stored run, deflate's window once it resumes.
+    tail: Vec<u8>,
+    crc: Crc,
+    /// Input short of a whole `SNIFF` piece, kept until the next write.
+    carry: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// Input judged at once by the streaming encoder.
+const SNIFF: usize = 64 * 1024;
+
+impl GzStream {
+    /// Writes one piece, stored if it looks incompressible.
+    fn piece(&mut self, input: &[u8]) {
+        if incompressible(input) {
+            if !self.stored {
+                // Stored blocks start on a byte boundary: end deflate's
+                // block with a sync flush.
+                self.run(&[], FlushCompress::Sync);
+                self.stored = true;
+                self.tail.clear();
+            }
+            stored_blocks(input, false, &mut self.out);
+            let keep = DICT.saturating_sub(input.len()).min(self.tail.len());
+            self.tail.drain(..self.tail.len() - keep);
+            self.tail
+                .extend_from_slice(&input[input.len().saturating_sub(DICT)..]);
+        } else {
+            if self.stored {
+                // Raw deflate takes a dictionary after a flush (zlib's
+                // deflateSetDictionary); it appends to the window.
+                self.deflate
+                    .set_dictionary(&self.tail)
+                    .expect("a flushed raw deflate stream takes a dictionary");
+                self.stored = false;
+            }
+            self.run(input, FlushCompress::None);
+        }
+    }
+
+    /// Feeds `input` to deflate until it is all taken (and, for a flush,
+    /// until deflate has nothing more to give).
+    fn run(&mut self, input: &[u8], flush: FlushCompress) {
+        let start = self.deflate.total_in();
+        loop {
+            let taken = (self.deflate.total_in() - start) as usize;
+            if self.out.capacity() - self.out.len() < 1024 {
+                self.out.reserve(self.out.capacity().max(64 * 1024));
+            }
+            let status = self
+                .deflate
+                .compress_vec(&input[taken..], &mut self.out, flush)
+                .expect("deflate into memory cannot fail");
+            let all_in = (self.deflate.total_in() - start) as usize == input.len();
+            if status == Status::StreamEnd || (all_in && self.out.len() < self.out.capacity()) {
+                break;
+            }
+        }
+    }
+}
+
+/// Appends `data` as stored deflate blocks (RFC 1951 §3.2.4), at most
+/// 65,535 bytes each, starting on a byte boundary; `last` marks the final
+/// block of the stream.
+pub fn stored_blocks(data: &[u8], last: bool, out: &mut Vec<u8>) {
+    let mut chunks = data.chunks(u16::MAX as usize).peekable();
+    if chunks.peek().is_none() && last {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(chunk) = chunks.next() {
+        let len = chunk.len() as u16;
+        let final_bit = u8::from(last && chunks.peek().is_none());
+        out.push(final_bit);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+}
+
+impl io::Write for GzStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.crc.update(buf);
+        let mut rest = buf;
+        if !self.carry.is_empty() {
+            let take = (SNIFF - self.carry.len()).min(rest.len());
+            self.carry.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.carry.len() < SNIFF {
+                return Ok(buf.len());
+            }
+            let carry = std::mem::take(&mut self.carry);
+            self.piece(&carry);
+            self.carry = carry;
+            self.carry.clear();
+        }
+        while rest.len() >= SNIFF {
+            self.piece(&rest[..SNIFF]);
+            rest = &rest[SNIFF..];
+        }
+        self.carry.extend_from_slice(rest);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Compressor for GzStream {
     fn output(&mut self) -> &mut Vec<u8> {
-        self.get_mut()
+        &mut self.out
     }
 
     fn end(&mut self) -> io::Result<()> {
-        self.try_finish()
+        let carry = std::mem::take(&mut self.carry);
+        if !carry.is_empty() {
+            self.piece(&carry);
+        }
+        if self.stored {
+            stored_blocks(&[], true, &mut self.out);
+        } else {
+            self.run(&[], FlushCompress::Finish);
+        }
+        self.out.extend_from_slice(&trailer(&self.crc));
+        Ok(())
     }
+}
+
+/// Whether deflate would gain nearly nothing on `data`: its bytes are close
+/// to uniform (order-0 entropy ≥ 7.95 bits, so Huffman codes save < 1 %) and
+/// no longer run repeats (no content-defined anchor comes back, so LZ
+/// matches would be a few bytes at best). Compressed, encrypted and random
+/// data pass; text, logs, tables and repeated binary records do not. Costs
+/// ~0.6 ns per byte, against ~15 ns for deflate at level 1.
+pub fn incompressible(data: &[u8]) -> bool {
+    // Below this the test says too little to bet on; deflate is cheap anyway.
+    const MIN: usize = 4 * 1024;
+    if data.len() < MIN {
+        return false;
+    }
+    if byte_entropy(data) < 7.95 {
+        return false;
+    }
+    // Anchors: the 8 bytes after each 0xA5 (one position in 256 in data
+    // this uniform, found by memchr at memory speed). They are chosen by
+    // content, so a repeated run brings back the same anchors wherever it
+    // sits, at any distance.
+    const SLOTS: usize = 1024;
+    let mut seen = [0u64; SLOTS];
+    let (mut anchors, mut repeats) = (0usize, 0usize);
+    for at in memchr::memchr_iter(0xA5, &data[..data.len() - 8]) {
+        let word = u64::from_le_bytes(data[at + 1..at + 9].try_into().expect("8 bytes"));
+        anchors += 1;
+        let slot = (word.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize % SLOTS;
+        if seen[slot] == word {
+            repeats += 1;
+        } else {
+            seen[slot] = word;
+        }
+    }
+    // Uniform bytes without the marker are odd enough to leave to deflate.
+    if anchors * 1024 < data.len() {
+        return false;
+    }
+    // Random data repeats an 8-byte word about never; 1 anchor in 64 coming
+    // back means runs of at least a few hundred bytes recur.
+    repeats * 64 <= anchors
+}
+
+/// Order-0 entropy of `data` in bits per byte, from a quarter of it (1 KiB
+/// of every 4 KiB) when it is long, with the Miller–Madow correction for the
+/// bias of a finite sample (a sample of uniform bytes reads a little under 8).
+fn byte_entropy(data: &[u8]) -> f64 {
+    // Four tables so consecutive equal bytes do not wait on one counter.
+    let mut counts = [[0u32; 256]; 4];
+    let mut count = |span: &[u8]| {
+        let mut quads = span.chunks_exact(4);
+        for q in &mut quads {
+            counts[0][q[0] as usize] += 1;
+            counts[1][q[1] as usize] += 1;
+            counts[2][q[2] as usize] += 1;
+            counts[3][q[3] as usize] += 1;
+        }
+        for &b in quads.remainder() {
+            counts[0][b as usize] += 1;
+        }
+    };
+    let n = if data.len() >= 32 * 1024 {
+        let mut n = 0;
+        for span in data.chunks(4096) {
+            let span = &span[..span.len().min(1024)];
+            count(span);
+            n += span.len();
+        }
+        n
+    } else {
+        count(data);
+        data.len()
+    };
+    let n = n as f64;
+    let (mut bits, mut used) = (0.0, 0u32);
+    let [c0, c1, c2, c3] = &counts;
+    for (((a, b), c), d) in c0.iter().zip(c1).zip(c2).zip(c3) {
+        let c = a + b + c + d;
+        if c > 0 {
+            let p = c as f64 / n;
+            bits -= p * p.log2();
+            used += 1;
+        }
+    }
+    bits + f64::from(used.saturating_sub(1)) / (2.0 * n * std::f64::consts::LN_2)
 }
 
 /// Reads concatenated gzip members back, as `gzip -d` does.
@@ -102,6 +321,13 @@ pub fn trailer(crc: &Crc) -> [u8; 8] {
 pub fn compress_block(input: &[u8], dict: &[u8], level: Level, last: bool) -> (Vec<u8>, Crc) {
     let mut crc = Crc::new();
     crc.update(input);
+    // A block deflate cannot shrink is copied as stored blocks; the next
+    // block's matches reach into it through its own dictionary.
+    if incompressible(input) {
+        let mut out = Vec::with_capacity(input.len() + input.len() / 65535 * 5 + 5);
+        stored_blocks(input, last, &mut out);
+        return (out, crc);
+    }
     let mut c = Compress::new(Compression::new(level.get()), false);
     if !dict.is_empty() {
         let dict = &dict[dict.len().saturating_sub(DICT)..];
@@ -161,6 +387,65 @@ mod tests {
             assert_eq!(roundtrip(&data, piece, Level::DEFAULT), data);
         }
         assert_eq!(roundtrip(b"", 1, Level::new(1).unwrap()), b"");
+    }
+
+    /// Bytes no compressor can shrink (xorshift64*).
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn incompressible_tells_noise_from_data() {
+        assert!(incompressible(&noise(64 << 10, 1)));
+        assert!(incompressible(&noise(4 << 10, 2)));
+        assert!(!incompressible(&noise(4095, 3)), "too short to judge");
+        assert!(!incompressible(&text(64 << 10)));
+        assert!(!incompressible(&vec![0u8; 64 << 10]));
+        // Uniform bytes, but every run comes back: deflate halves it.
+        for period in [300, 4 << 10, 16 << 10, 30 << 10] {
+            let run = noise(period, 4);
+            let data: Vec<u8> = run.iter().copied().cycle().take(64 << 10).collect();
+            assert!(!incompressible(&data), "period {period}");
+        }
+    }
+
+    #[test]
+    fn noise_is_stored_and_data_beside_it_still_compressed() {
+        let n = noise(1 << 20, 5);
+        let t = text(1 << 20);
+        let mut mixed = n.clone();
+        mixed.extend_from_slice(&t);
+        mixed.extend_from_slice(&n[..300_000]);
+        mixed.extend_from_slice(&t[..200_000]);
+        for piece in [1000, 65536, 100_000, 1 << 20] {
+            assert_eq!(roundtrip(&mixed, piece, Level::new(1).unwrap()), mixed);
+        }
+        // Noise costs its stored blocks' headers, nothing more.
+        let mut s = Stream::new(compressor(Level::DEFAULT));
+        let stored = s.encode(&n, true).len();
+        assert!(stored < n.len() + 200, "{stored}");
+        // Text compresses as with a plain deflate stream.
+        let mut s = Stream::new(compressor(Level::DEFAULT));
+        let ours = s.encode(&t, true).len();
+        let mut plain = flate2::write::GzEncoder::new(Vec::new(), Compression::new(6));
+        std::io::Write::write_all(&mut plain, &t).unwrap();
+        let plain = plain.finish().unwrap().len();
+        assert!(ours as f64 <= plain as f64 * 1.005, "{ours} vs {plain}");
+        // A parallel block of noise is stored too, and still joins.
+        let (block, _) = compress_block(&n[..BLOCK], &t[..DICT], Level::DEFAULT, false);
+        assert!(block.len() < BLOCK + 64);
+        let gz = parallel_gzip(&mixed, Level::DEFAULT);
+        let mut back = Vec::new();
+        GzDecoder::new(&gz[..]).read_to_end(&mut back).unwrap();
+        assert_eq!(back, mixed);
     }
 
     #[test]

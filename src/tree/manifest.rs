@@ -1,29 +1,45 @@
 //! Hashing a walk on the CPU pool, in order.
 //!
-//! The walk itself (listing directories, opening and stat-ing files) runs
-//! in pool jobs of a few dozen entries, so the disk's latency overlaps with
-//! hashing. Each file is hashed in jobs of at most `PIECE_MAX` bytes: a
-//! tree is many short jobs in one request's lane, never one long one, so
-//! the scheduler keeps serving other requests beside it (and the lane's
-//! used CPU lowers its priority against fresh small requests). At most
-//! `window` entries are in flight; their records come out in walk order,
-//! so the output is sorted and memory stays flat whatever the tree's size.
-//! A client that leaves drops the stream: no further job is queued.
+//! Three kinds of pool jobs, all in the request's lane:
+//!
+//! - **Listing**: the walk lists up to `WALK_BATCH` names in one job
+//!   (reading directories, no file opened), one listing job at a time.
+//! - **Groups**: up to `GROUP` listed files in one job that opens, stats
+//!   and, when small, reads and hashes each of them whole through the
+//!   thread's buffer. On a tree of many small files the cost is the system
+//!   calls, not the hashing: a job per file would add a hand-off between
+//!   threads (two context switches) to every few microseconds of work, and
+//!   one walker opening every file would leave the other threads waiting.
+//!   Groups run side by side on every pool thread. A group hashes at most
+//!   `PIECE_MAX` bytes inline, so it stays a short job.
+//! - **Pieces**: a file too big for its group's budget is closed and left to
+//!   its own jobs of at most `PIECE_MAX` bytes, which reopen it: a tree of
+//!   big files is many short jobs, never one long one, so the scheduler
+//!   keeps serving other requests beside it (and the lane's used CPU lowers
+//!   its priority against fresh small requests), and no file stays open
+//!   while it waits for its turn.
+//!
+//! At most `window` entries are in flight, and at most two listings' worth
+//! wait for a group; records come out in walk order, so the output is
+//! sorted and memory stays flat whatever the tree's size. A client that
+//! leaves drops the stream: no further job is queued.
 
 use std::collections::VecDeque;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::future::Future;
+use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest as _, Sha256};
 
 use super::format::{Format, text_line};
-use super::walk::{Entry, Walk};
-use crate::cpu_pool::{CpuPool, Lane};
+use super::walk::{Entry, Opened, Opener, Walk};
+use crate::cpu_pool::{CpuPool, Lane, PoolError};
 use crate::digest_cache::{DigestCache, Key};
 use crate::error::ApiError;
 use crate::kernel::{AlgorithmList, Digests, MultiHasher};
@@ -31,8 +47,11 @@ use crate::root::{RelPath, Root};
 use crate::storage::local::{identity, read_full};
 use crate::storage::{PIECE_MAX, with_buffer};
 
-/// Entries the walk reads in one pool job.
-const WALK_BATCH: usize = 32;
+/// Entries the walk lists in one pool job: names only, ~1 µs each.
+const WALK_BATCH: usize = 256;
+/// Files one pool job opens and hashes: on small files ~10 µs each, so a
+/// group is well under a millisecond, and the hand-off is shared by many.
+const GROUP: usize = 32;
 
 /// What the manifest says of one path.
 #[derive(Debug)]
@@ -63,21 +82,47 @@ impl Record {
     }
 }
 
-type Pending = Pin<Box<dyn Future<Output = Record> + Send>>;
+type Listing = Pin<Box<dyn Future<Output = Result<(Walk, Vec<Entry>), PoolError>> + Send>>;
+type Group = Pin<Box<dyn Future<Output = Result<Vec<Record>, PoolError>> + Send>>;
+
+/// What a group job did with one file.
+enum Step {
+    Done(Record),
+    /// Too big for the group: hashed in pieces (`hash_big`).
+    Big {
+        path: Vec<u8>,
+        symlink: bool,
+    },
+}
+
+/// What a group's jobs share: how to open, what to compute, where to cache.
+#[derive(Clone)]
+struct Hashing {
+    lane: Lane,
+    opener: Opener,
+    algs: AlgorithmList,
+    cache: Option<Arc<DigestCache>>,
+}
 
 /// A manifest being computed; `next` yields its records in walk order.
 pub struct Manifest {
-    lane: Lane,
-    /// None while a walk job holds it, or once it is exhausted.
+    hashing: Hashing,
+    /// None while a listing job holds it, or once it is exhausted.
     walk: Option<Walk>,
+    /// The listing job in flight.
+    listing: Option<Listing>,
     walk_done: bool,
-    /// Entries being hashed, in walk order.
-    inflight: FuturesOrdered<Pending>,
-    /// Records ready, in order (a walk batch may finish several at once).
+    /// Listed, not yet in a group (fewer than two listings' worth).
+    listed: VecDeque<Entry>,
+    /// Groups in flight, in walk order, and how many entries each holds.
+    groups: FuturesOrdered<Group>,
+    sizes: VecDeque<usize>,
+    /// Entries in `groups`.
+    in_groups: usize,
+    /// Records ready, in order (a group finishes several at once).
     ready: VecDeque<Record>,
+    /// Most entries in groups in flight.
     window: usize,
-    algs: AlgorithmList,
-    cache: Option<Arc<DigestCache>>,
 }
 
 impl Manifest {
@@ -96,138 +141,334 @@ impl Manifest {
             .try_run(move || Walk::new(root, dir).map_err(|e| ApiError::from_open(e, &shown)))
             .await??;
         Ok(Manifest {
-            lane,
+            hashing: Hashing {
+                lane,
+                opener: walk.opener(),
+                algs: algs.clone(),
+                cache,
+            },
             walk: Some(walk),
+            listing: None,
             walk_done: false,
-            inflight: FuturesOrdered::new(),
+            listed: VecDeque::new(),
+            groups: FuturesOrdered::new(),
+            sizes: VecDeque::new(),
+            in_groups: 0,
             ready: VecDeque::new(),
-            window: 4 * pool.threads() + WALK_BATCH,
-            algs: algs.clone(),
-            cache,
+            // Every thread busy with a group, and two more queued so none
+            // waits for this task to hand it the next one.
+            window: GROUP * (pool.threads() + 2),
         })
     }
 
     /// The next record in walk order; `None` at the end.
     pub async fn next(&mut self) -> Option<Record> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Record>> {
         loop {
-            if self.inflight.len() < self.window
-                && !self.walk_done
-                && let Err(e) = self.walk_batch().await
-            {
-                self.walk_done = true;
-                self.ready.push_back(Record::Error {
-                    path: Vec::new(),
-                    error: e,
-                });
-            }
             if let Some(r) = self.ready.pop_front() {
-                return Some(r);
+                return Poll::Ready(Some(r));
             }
-            match self.inflight.next().await {
-                Some(r) => return Some(r),
-                None if self.walk_done => return None,
-                None => {}
+            let mut moved = false;
+            // List a batch ahead, so the names for the next groups are there
+            // when a group ends: a listing queued only once the groups ran
+            // low would leave the threads idle while it ran.
+            if self.listing.is_none()
+                && !self.walk_done
+                && self.listed.len() < WALK_BATCH
+                && let Some(mut walk) = self.walk.take()
+            {
+                let lane = self.hashing.lane.clone();
+                self.listing = Some(Box::pin(async move {
+                    lane.run(move || {
+                        let batch: Vec<Entry> = walk.by_ref().take(WALK_BATCH).collect();
+                        (walk, batch)
+                    })
+                    .await
+                }));
+            }
+            if let Some(listing) = &mut self.listing
+                && let Poll::Ready(listed) = listing.poll_unpin(cx)
+            {
+                self.listing = None;
+                moved = true;
+                match listed {
+                    Ok((walk, batch)) => {
+                        if batch.len() < WALK_BATCH {
+                            self.walk_done = true;
+                        } else {
+                            self.walk = Some(walk);
+                        }
+                        self.listed.extend(batch);
+                    }
+                    Err(e) => self.fail(e),
+                }
+            }
+            while self.in_groups < self.window && !self.listed.is_empty() {
+                let n = self.listed.len().min(GROUP);
+                let entries: Vec<Entry> = self.listed.drain(..n).collect();
+                self.groups
+                    .push_back(Box::pin(self.hashing.clone().group(entries)));
+                self.sizes.push_back(n);
+                self.in_groups += n;
+            }
+            match self.groups.poll_next_unpin(cx) {
+                Poll::Ready(Some(done)) => {
+                    self.in_groups -= self.sizes.pop_front().expect("one size per group");
+                    match done {
+                        Ok(records) => self.ready.extend(records),
+                        Err(e) => self.fail(e),
+                    }
+                }
+                Poll::Ready(None) if self.walk_done && self.listing.is_none() => {
+                    return Poll::Ready(None);
+                }
+                _ if moved => {}
+                _ => return Poll::Pending,
             }
         }
     }
 
-    /// Walks up to `WALK_BATCH` entries in one pool job and queues them.
-    async fn walk_batch(&mut self) -> Result<(), ApiError> {
-        let Some(mut walk) = self.walk.take() else {
-            self.walk_done = true;
-            return Ok(());
-        };
-        let (walk, batch) = self
-            .lane
-            .run(move || {
-                let batch: Vec<Entry> = walk.by_ref().take(WALK_BATCH).collect();
-                (walk, batch)
-            })
-            .await?;
-        if batch.len() < WALK_BATCH {
-            self.walk_done = true;
-        } else {
-            self.walk = Some(walk);
-        }
-        for entry in batch {
-            let fut: Pending = match entry {
-                Entry::File { path, file, .. } => Box::pin(hash_file(
-                    self.lane.clone(),
-                    path,
-                    file,
-                    self.algs.clone(),
-                    self.cache.clone(),
-                )),
-                Entry::Skipped { path, why } => {
-                    Box::pin(std::future::ready(Record::Skipped { path, why }))
-                }
-                Entry::Error { path, error } => {
-                    let error = ApiError::from_open(error, &String::from_utf8_lossy(&path));
-                    Box::pin(std::future::ready(Record::Error { path, error }))
-                }
-            };
-            self.inflight.push_back(fut);
-        }
-        Ok(())
+    /// The pool failed (it is shutting down): one error record, then the end.
+    fn fail(&mut self, e: PoolError) {
+        self.walk_done = true;
+        self.walk = None;
+        self.listing = None;
+        self.listed.clear();
+        self.groups = FuturesOrdered::new();
+        self.sizes.clear();
+        self.in_groups = 0;
+        self.ready.push_back(Record::Error {
+            path: Vec::new(),
+            error: e.into(),
+        });
     }
 }
 
-/// Hashes one file in `PIECE_MAX` jobs, or answers from the digest cache.
-pub async fn hash_file(
-    lane: Lane,
-    path: Vec<u8>,
-    file: File,
-    algs: AlgorithmList,
-    cache: Option<Arc<DigestCache>>,
-) -> Record {
-    let shown = String::from_utf8_lossy(&path).into_owned();
-    let started = SystemTime::now();
-    let key = match (&cache, file.metadata()) {
-        (Some(cache), Ok(meta)) => {
-            let key = Key::new(identity(&meta), &algs);
-            if let Some(digests) = cache.get(&key) {
-                return Record::File { path, digests };
-            }
-            Some(key)
+impl Hashing {
+    /// The records of `entries`, in order: one job for all of them, then
+    /// the pieces of the big files, side by side.
+    async fn group(self, entries: Vec<Entry>) -> Result<Vec<Record>, PoolError> {
+        let this = self.clone();
+        let steps = self
+            .lane
+            .run(move || {
+                let mut budget = PIECE_MAX;
+                entries
+                    .into_iter()
+                    .map(|e| this.step(e, &mut budget))
+                    .collect::<Vec<Step>>()
+            })
+            .await?;
+        if steps.iter().all(|s| matches!(s, Step::Done(_))) {
+            return Ok(steps
+                .into_iter()
+                .map(|s| match s {
+                    Step::Done(r) => r,
+                    Step::Big { .. } => unreachable!("all done"),
+                })
+                .collect());
         }
-        _ => None,
-    };
-    let mut state = (file, MultiHasher::new(&algs), false);
+        let each = steps.into_iter().map(|s| {
+            let this = self.clone();
+            async move {
+                match s {
+                    Step::Done(r) => Ok(r),
+                    Step::Big { path, symlink } => this.hash_big(path, symlink).await,
+                }
+            }
+        });
+        futures_util::future::try_join_all(each).await
+    }
+
+    /// In a group job: opens one entry and hashes it whole if it fits in
+    /// what is left of the group's `budget` of bytes.
+    fn step(&self, entry: Entry, budget: &mut usize) -> Step {
+        let (path, symlink) = match entry {
+            Entry::File { path, symlink } => (path, symlink),
+            Entry::Skipped { path, why } => return Step::Done(Record::Skipped { path, why }),
+            Entry::Error { path, error } => {
+                let error = ApiError::from_open(error, &String::from_utf8_lossy(&path));
+                return Step::Done(Record::Error { path, error });
+            }
+        };
+        let (path, mut file, meta) = match self.open(path, symlink) {
+            Ok(opened) => opened,
+            Err(r) => return Step::Done(r),
+        };
+        let key = self
+            .cache
+            .as_ref()
+            .map(|_| Key::new(identity(&meta), &self.algs));
+        if let (Some(cache), Some(key)) = (&self.cache, &key)
+            && let Some(digests) = cache.get(key)
+        {
+            return Step::Done(Record::File { path, digests });
+        }
+        let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+        if size > *budget {
+            // Closed now, reopened by its pieces: no descriptor waits in a queue.
+            return Step::Big { path, symlink };
+        }
+        *budget -= size;
+        // Only a cache needs the time (a clock read per file otherwise).
+        let started = self.cache.as_ref().map(|_| SystemTime::now());
+        match hash_whole(&mut file, size, &self.algs) {
+            Ok(digests) => {
+                self.remember(key, &file, &digests, started);
+                Step::Done(Record::File { path, digests })
+            }
+            Err(e) => Step::Done(read_error(path, e)),
+        }
+    }
+
+    /// Opens a listed file; the record to give instead when it cannot be.
+    fn open(&self, path: Vec<u8>, symlink: bool) -> Result<(Vec<u8>, File, Metadata), Record> {
+        match self.opener.open(&path, symlink) {
+            Opened::File(file, meta) => Ok((path, file, meta)),
+            Opened::Skipped(why) => Err(Record::Skipped { path, why }),
+            Opened::Error(error) => {
+                let error = ApiError::from_open(error, &String::from_utf8_lossy(&path));
+                Err(Record::Error { path, error })
+            }
+        }
+    }
+
+    /// Caches `digests` of the version `key` names, if the file did not
+    /// change while it was hashed.
+    fn remember(
+        &self,
+        key: Option<Key>,
+        file: &File,
+        digests: &Digests,
+        started: Option<SystemTime>,
+    ) {
+        // No fstat without a cache (the command line has none).
+        if let (Some(cache), Some(before), Some(started)) = (&self.cache, key, started)
+            && let Ok(meta) = file.metadata()
+            && Key::new(identity(&meta), &self.algs) == before
+        {
+            cache.insert(before, digests, started);
+        }
+    }
+
+    /// A file too big for a group: reopened in its first job, then hashed in
+    /// `PIECE_MAX` jobs (or answered from the digest cache).
+    async fn hash_big(self, path: Vec<u8>, symlink: bool) -> Result<Record, PoolError> {
+        let this = self.clone();
+        let opened = self
+            .lane
+            .run(move || {
+                let (path, file, meta) = this.open(path, symlink).map_err(Box::new)?;
+                let key = this
+                    .cache
+                    .as_ref()
+                    .map(|_| Key::new(identity(&meta), &this.algs));
+                if let (Some(cache), Some(key)) = (&this.cache, &key)
+                    && let Some(digests) = cache.get(key)
+                {
+                    return Err(Box::new(Record::File { path, digests }));
+                }
+                Ok((path, file, key))
+            })
+            .await?;
+        let (path, file, key) = match opened {
+            Ok(x) => x,
+            Err(done) => return Ok(*done),
+        };
+        // Only a cache needs the time (a clock read per file otherwise).
+        let started = self.cache.as_ref().map(|_| SystemTime::now());
+        match hash_pieces(&self.lane, file, &self.algs).await {
+            Ok((file, digests)) => {
+                self.remember(key, &file, &digests, started);
+                Ok(Record::File { path, digests })
+            }
+            Err(Trouble::Read(e)) => Ok(read_error(path, e)),
+            Err(Trouble::Pool(e)) => Err(e),
+        }
+    }
+}
+
+fn read_error(path: Vec<u8>, e: io::Error) -> Record {
+    let shown = String::from_utf8_lossy(&path);
+    let error = ApiError::Internal(format!("reading '{shown}': {e}"));
+    Record::Error { path, error }
+}
+
+/// Hashes a file of `size` bytes (at its fstat) whole, in this thread's
+/// buffer. Once `size` bytes are in, the read that would return 0 is not
+/// made: the digest is of the file as its fstat saw it, as for a file that
+/// grows just after it was read. A file longer than its size said (or a
+/// size of 0, as /proc gives) is read to its end.
+fn hash_whole(file: &mut File, size: usize, algs: &AlgorithmList) -> io::Result<Digests> {
+    let mut hasher = MultiHasher::new(algs);
+    with_buffer(PIECE_MAX, |buf| {
+        let mut filled = 0;
+        loop {
+            let n = match file.read(&mut buf[filled..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            filled += n;
+            if n == 0 || filled == size {
+                break;
+            }
+            if filled == buf.len() {
+                hasher.update(buf);
+                filled = 0;
+            }
+        }
+        hasher.update(&buf[..filled]);
+        Ok(())
+    })?;
+    Ok(hasher.finish())
+}
+
+/// Why a file's pieces stopped.
+enum Trouble {
+    Read(io::Error),
+    Pool(PoolError),
+}
+
+/// Hashes an open file to its end in `PIECE_MAX` jobs.
+async fn hash_pieces(
+    lane: &Lane,
+    file: File,
+    algs: &AlgorithmList,
+) -> Result<(File, Digests), Trouble> {
+    let mut state = (file, MultiHasher::new(algs), false);
     while !state.2 {
         let (mut file, mut hasher, _) = state;
-        let job = lane
+        state = lane
             .run(move || {
                 let done = with_buffer(PIECE_MAX, |buf| {
                     let n = read_full(&mut file, buf)?;
                     hasher.update(&buf[..n]);
-                    Ok::<_, std::io::Error>(n < PIECE_MAX)
+                    Ok::<_, io::Error>(n < PIECE_MAX)
                 });
                 done.map(|done| (file, hasher, done))
             })
-            .await;
-        state = match job {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let error = ApiError::Internal(format!("reading '{shown}': {e}"));
-                return Record::Error { path, error };
-            }
-            Err(e) => {
-                return Record::Error {
-                    path,
-                    error: e.into(),
-                };
-            }
-        };
+            .await
+            .map_err(Trouble::Pool)?
+            .map_err(Trouble::Read)?;
     }
     let (file, hasher, _) = state;
-    let digests = hasher.finish();
-    // Cached only if the file did not change while it was hashed.
-    if let (Some(cache), Some(before), Ok(meta)) = (&cache, key, file.metadata())
-        && Key::new(identity(&meta), &algs) == before
-    {
-        cache.insert(before, &digests, started);
+    Ok((file, hasher.finish()))
+}
+
+/// Hashes one open file in `PIECE_MAX` jobs, as a manifest hashes a big one.
+pub async fn hash_file(lane: Lane, path: Vec<u8>, file: File, algs: AlgorithmList) -> Record {
+    match hash_pieces(&lane, file, &algs).await {
+        Ok((_, digests)) => Record::File { path, digests },
+        Err(Trouble::Read(e)) => read_error(path, e),
+        Err(Trouble::Pool(e)) => Record::Error {
+            path,
+            error: e.into(),
+        },
     }
-    Record::File { path, digests }
 }
 
 /// Counts of a manifest, and the SHA-256 of the tree in `sha256sum` format
@@ -296,4 +537,88 @@ pub fn ndjson_line(r: &Record, requested: &AlgorithmList, out: &mut Vec<u8>) {
     }
     serde_json::to_writer(&mut *out, &obj).expect("writing JSON to a Vec");
     out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu_pool::PoolLimits;
+    use crate::digest_cache::RACY_WINDOW;
+    use crate::metrics::Slot;
+    use std::time::Duration;
+
+    fn manifest(root: &Arc<Root>, cache: &Arc<DigestCache>) -> Vec<(String, Digests)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let limits = PoolLimits {
+            threads: 2,
+            queue: 64,
+            max_wait: Duration::from_secs(60),
+        };
+        let pool = CpuPool::new(limits, Box::leak(Slot::new_boxed()));
+        let algs = AlgorithmList::default_list();
+        rt.block_on(async {
+            let mut m = Manifest::start(&pool, root.clone(), None, &algs, Some(cache.clone()))
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            while let Some(r) = m.next().await {
+                match r {
+                    Record::File { path, digests } => {
+                        out.push((String::from_utf8(path).unwrap(), digests))
+                    }
+                    r => panic!("{r:?}"),
+                }
+            }
+            out
+        })
+    }
+
+    /// Both paths, a small file hashed inside its group and a big one hashed
+    /// in pieces, answer from the digest cache and fill it.
+    #[test]
+    fn small_and_big_files_use_and_fill_the_digest_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let big = vec![7u8; PIECE_MAX + 1];
+        std::fs::write(t.path().join("big"), &big).unwrap();
+        std::fs::write(t.path().join("small"), b"small").unwrap();
+        let root = Arc::new(Root::open(t.path()).unwrap());
+        let algs = AlgorithmList::default_list();
+        let key = |name: &str| {
+            let meta = std::fs::metadata(t.path().join(name)).unwrap();
+            Key::new(identity(&meta), &algs)
+        };
+
+        // Planted entries (as if hashed well after the files' last change)
+        // are what a manifest that asks the cache reports.
+        let planted = Arc::new(DigestCache::new(1 << 20));
+        let fake = Digests {
+            bytes: 1,
+            entries: vec![(algs.as_slice()[0], "00".repeat(32))],
+        };
+        let later = SystemTime::now() + 2 * RACY_WINDOW;
+        planted.insert(key("big"), &fake, later);
+        planted.insert(key("small"), &fake, later);
+        let got = manifest(&root, &planted);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|(_, d)| *d == fake), "{got:?}");
+
+        // Files older than the racy window are learnt, with their real digests.
+        std::thread::sleep(RACY_WINDOW + Duration::from_millis(100));
+        let learnt = Arc::new(DigestCache::new(1 << 20));
+        let got = manifest(&root, &learnt);
+        let hex = |data: &[u8]| -> String {
+            Sha256::digest(data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        assert_eq!(got[0].0, "big");
+        assert_eq!(got[0].1.entries[0].1, hex(&big));
+        assert_eq!(got[1].1.entries[0].1, hex(b"small"));
+        assert_eq!(learnt.get(&key("big")), Some(got[0].1.clone()));
+        assert_eq!(learnt.get(&key("small")), Some(got[1].1.clone()));
+    }
 }

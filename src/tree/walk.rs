@@ -5,10 +5,13 @@
 //! beneath the root, so no symlink and no rename race can take the walk
 //! outside: a directory swapped for a symlink mid-walk fails to open instead
 //! of being followed. Symlinked directories are reported, never entered, so
-//! the walk cannot loop. Files are opened through `Root::open_file`, the
-//! same resolution as `GET /hash-file`: a symlink to a file beneath the root
-//! is followed, one that leads outside is an error entry. FIFOs, sockets
-//! and devices are reported as skipped and never opened.
+//! the walk cannot loop. The walk itself only lists: files are opened by an
+//! `Opener` in whichever pool job hashes them, so on a tree of many small
+//! files the opens and stats overlap across threads instead of queueing
+//! behind one walker. The `Opener` goes through `Root::open_file`, the same
+//! resolution as `GET /hash-file`: a symlink to a file beneath the root is
+//! followed, one that leads outside is an error. FIFOs, sockets and devices
+//! are reported as skipped and never opened.
 //!
 //! Order: entries come in byte-wise order of their path relative to the
 //! start, which is what `sort` and every manifest tool expect. That is not
@@ -17,7 +20,7 @@
 //! Only one directory's names are held at a time per level of depth.
 
 use std::ffi::CString;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -27,12 +30,9 @@ use crate::root::{OpenError, RelPath, Root};
 /// What the walk found at one path.
 #[derive(Debug)]
 pub enum Entry {
-    /// A regular file, open for reading, with its size at open.
-    File {
-        path: Vec<u8>,
-        file: File,
-        size: u64,
-    },
+    /// A regular file, a symlink or a name of unknown type, not opened yet:
+    /// `Opener::open` opens it (and tells which it was).
+    File { path: Vec<u8>, symlink: bool },
     /// Listed but not read: a FIFO, socket, device or symlinked directory.
     Skipped { path: Vec<u8>, why: &'static str },
     /// Could not be opened or listed; the walk goes on.
@@ -67,12 +67,47 @@ struct Level {
     names: std::vec::IntoIter<(Vec<u8>, Kind)>,
 }
 
-/// The walk; an iterator of entries, each opened as it is reached.
+/// The walk; an iterator of entries, in order, each listed as it is reached.
 pub struct Walk {
-    root: Arc<Root>,
-    /// Where the walk started, relative to the root (None: the root).
-    start: Option<RelPath>,
+    opener: Opener,
     stack: Vec<Level>,
+}
+
+/// Opens the files a walk lists, from any thread: cheap to clone into jobs.
+#[derive(Clone)]
+pub struct Opener {
+    root: Arc<Root>,
+    /// Where the walk started, relative to the root, with a trailing '/'
+    /// (empty: the root).
+    start: Vec<u8>,
+}
+
+/// A listed file, opened.
+pub enum Opened {
+    /// A regular file, open for reading, with the metadata of the fstat that
+    /// checked it.
+    File(File, Metadata),
+    /// Not read: a symlink to a directory, or not a regular file after all.
+    Skipped(&'static str),
+    Error(OpenError),
+}
+
+impl Opener {
+    /// Opens `path` (relative to the walk's start), as `GET /hash-file` would;
+    /// `symlink` is what the listing said, to name why a symlink is skipped.
+    pub fn open(&self, path: &[u8], symlink: bool) -> Opened {
+        let mut full = Vec::with_capacity(self.start.len() + path.len());
+        full.extend_from_slice(&self.start);
+        full.extend_from_slice(path);
+        match self.root.open_file(&RelPath::from_walk(full)) {
+            Ok((file, meta)) => Opened::File(file, meta),
+            Err(OpenError::NotAFile) if symlink => {
+                Opened::Skipped("a symlink to a directory (not followed)")
+            }
+            Err(OpenError::NotAFile) => Opened::Skipped("not a regular file"),
+            Err(error) => Opened::Error(error),
+        }
+    }
 }
 
 impl Walk {
@@ -81,9 +116,12 @@ impl Walk {
     pub fn new(root: Arc<Root>, dir: Option<RelPath>) -> Result<Walk, OpenError> {
         let fd = root.open_dir(dir.as_ref())?;
         let names = read_sorted(&fd).map_err(OpenError::Io)?;
+        let start = match &dir {
+            Some(d) => [d.as_bytes(), b"/"].concat(),
+            None => Vec::new(),
+        };
         Ok(Walk {
-            root,
-            start: dir,
+            opener: Opener { root, start },
             stack: vec![Level {
                 fd,
                 prefix: Vec::new(),
@@ -92,18 +130,9 @@ impl Walk {
         })
     }
 
-    /// The path relative to the root of `path` (relative to the start).
-    fn under_root(&self, path: &[u8]) -> RelPath {
-        let mut full = match &self.start {
-            Some(s) => {
-                let mut v = s.as_bytes().to_vec();
-                v.push(b'/');
-                v
-            }
-            None => Vec::new(),
-        };
-        full.extend_from_slice(path);
-        RelPath::from_walk(full)
+    /// What opens the files this walk lists.
+    pub fn opener(&self) -> Opener {
+        self.opener.clone()
     }
 }
 
@@ -117,7 +146,8 @@ impl Iterator for Walk {
                 self.stack.pop();
                 continue;
             };
-            let mut path = level.prefix.clone();
+            let mut path = Vec::with_capacity(level.prefix.len() + name.len() + 1);
+            path.extend_from_slice(&level.prefix);
             path.extend_from_slice(&name);
             let kind = match kind {
                 Kind::Unknown => kind_at(&level.fd, &name),
@@ -155,18 +185,9 @@ impl Iterator for Walk {
                     });
                 }
                 Kind::File | Kind::Symlink | Kind::Unknown => {
-                    let rel = self.under_root(&path);
-                    return Some(match self.root.open_file(&rel) {
-                        Ok((file, size)) => Entry::File { path, file, size },
-                        Err(OpenError::NotAFile) if kind == Kind::Symlink => Entry::Skipped {
-                            path,
-                            why: "a symlink to a directory (not followed)",
-                        },
-                        Err(OpenError::NotAFile) => Entry::Skipped {
-                            path,
-                            why: "not a regular file",
-                        },
-                        Err(error) => Entry::Error { path, error },
+                    return Some(Entry::File {
+                        path,
+                        symlink: kind == Kind::Symlink,
                     });
                 }
             }
@@ -244,17 +265,21 @@ mod tests {
 
     fn paths(root: &Arc<Root>, dir: Option<&str>) -> Vec<String> {
         let dir = dir.map(|d| RelPath::parse(d).unwrap());
-        Walk::new(root.clone(), dir)
-            .unwrap()
-            .map(|e| {
-                let tag = match &e {
-                    Entry::File { .. } => "",
-                    Entry::Skipped { .. } => " (skipped)",
-                    Entry::Error { .. } => " (error)",
-                };
-                format!("{}{tag}", String::from_utf8_lossy(e.path()))
-            })
-            .collect()
+        let walk = Walk::new(root.clone(), dir).unwrap();
+        let opener = walk.opener();
+        walk.map(|e| {
+            let tag = match &e {
+                Entry::File { path, symlink } => match opener.open(path, *symlink) {
+                    Opened::File(..) => "",
+                    Opened::Skipped(_) => " (skipped)",
+                    Opened::Error(_) => " (error)",
+                },
+                Entry::Skipped { .. } => " (skipped)",
+                Entry::Error { .. } => " (error)",
+            };
+            format!("{}{tag}", String::from_utf8_lossy(e.path()))
+        })
+        .collect()
     }
 
     #[test]

@@ -111,6 +111,99 @@ fn hash_r_is_read_by_sha256sum_and_check_reports_like_it() {
     );
 }
 
+/// A tree wider than the pipeline's batches (many listing jobs and groups
+/// of files, files that overflow a group's inline budget and files hashed
+/// in pieces, empty files, directories interleaved with files): the output
+/// is byte for byte what `sha256sum` prints for the same files in `sort`
+/// order, and the same again with two algorithms in NDJSON.
+#[test]
+fn hash_r_of_a_wide_mixed_tree_is_what_sha256sum_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("w");
+    for i in 0..700u64 {
+        // Directories and files share a parent, some names sort around
+        // "d3/" ("d3.x" < "d3/" < "d30"), sizes cycle through empty, a
+        // few bytes, 4 KiB, 300 KB (four overflow a group's 1 MiB) and,
+        // now and then, more than a piece (1 MiB).
+        let sub = match i % 7 {
+            0 => t.clone(),
+            k => t.join(format!("d{}", (i / 7) % 40)).join(format!("s{k}")),
+        };
+        std::fs::create_dir_all(&sub).unwrap();
+        let len = match i % 5 {
+            0 => 0,
+            1 => (i % 13) as usize,
+            2 => 4096,
+            3 => 300_000,
+            _ if i % 97 == 4 => (1 << 20) + 12_345,
+            _ => 4096 + i as usize,
+        };
+        std::fs::write(sub.join(format!("f{i:03}")), pseudo_random(len, i)).unwrap();
+        if i % 50 == 0 {
+            std::fs::write(t.join(format!("d{}.x", i / 50)), b"dot").unwrap();
+        }
+    }
+    let out = run(dir.path(), &["hash", "-r", "w"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = Command::new("sh")
+        .arg("-c")
+        .arg("find w -type f -print0 | sort -z | xargs -0 sha256sum")
+        .current_dir(dir.path())
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(want.status.success());
+    assert_eq!(want.stdout.iter().filter(|&&b| b == b'\n').count(), 714);
+    assert!(
+        out.stdout == want.stdout,
+        "hashpress:\n{}\nsha256sum:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&want.stdout)
+    );
+
+    let out = run(
+        dir.path(),
+        &["hash", "-r", "--json", "--alg", "md5,sha256", "w"],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let md5 = Command::new("sh")
+        .arg("-c")
+        .arg("find w -type f -print0 | sort -z | xargs -0 md5sum")
+        .current_dir(dir.path())
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    let (sha, md5) = (
+        String::from_utf8_lossy(&want.stdout),
+        String::from_utf8_lossy(&md5.stdout),
+    );
+    assert_eq!(lines.len(), 714);
+    for ((l, s), m) in lines.iter().zip(sha.lines()).zip(md5.lines()) {
+        let (hex, path) = s.split_once("  ").unwrap();
+        assert_eq!(l["path"].as_str(), Some(path));
+        assert_eq!(l["sha256"].as_str(), Some(hex));
+        assert_eq!(
+            Some(m),
+            l["md5"].as_str().map(|h| format!("{h}  {path}")).as_deref()
+        );
+    }
+}
+
 /// `hashpress compress` / `decompress` as pigz and gzip behave: outputs read
 /// by `gzip -d` and ruzstd, -k/-c, standard input, the exit statuses, and
 /// no progress bar on a piped stderr.

@@ -462,3 +462,39 @@ fn cached_download_digests_come_as_headers() {
     let (head, _) = get_raw(&srv, "GET", "/compress/c.txt", want);
     assert_eq!(header_of(&head, "repr-digest"), None);
 }
+
+/// A HEAD that wants the digest of a download makes the whole output before
+/// it answers; when the source changes meanwhile, the answer is the 409 a
+/// GET would have ended with, not a 500.
+#[test]
+fn head_whose_compression_fails_answers_with_the_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moving.txt");
+    std::fs::write(&path, hard_to_compress(64 << 20, 8)).unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let addr = srv.addr;
+    let head = std::thread::spawn(move || {
+        let mut s = connect(addr);
+        let req = "HEAD /compress/moving.txt?level=9 HTTP/1.1\r\nHost: t\r\n\
+                   Connection: close\r\nWant-Repr-Digest: sha-256=1\r\n\r\n";
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !head.is_finished(),
+        "compression finished before the change"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let answer = head.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    assert_eq!(header_of(&answer, "repr-digest"), None);
+    assert_eq!(srv.get("/healthz").status, 200);
+}

@@ -535,7 +535,7 @@ fn source_truncated_or_deleted_mid_read_answers_409() {
     let _g = heavy();
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &["--allow-write"]);
-    let data = pseudo_random(96 << 20, 5);
+    let data = hard_to_compress(96 << 20, 5);
     for (name, act) in [("trunc.bin", "truncate"), ("gone.bin", "delete")] {
         let path = dir.path().join(name);
         std::fs::write(&path, &data).unwrap();

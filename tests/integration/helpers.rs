@@ -527,6 +527,18 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Bytes deflate has to work hard on: random letters from an alphabet of
+/// 16 (4 bits of entropy per byte, no long matches). Unlike noise, which the
+/// gzip encoder recognises and stores at memory speed, these take gzip's full
+/// time, for tests that need a compression still running a moment later.
+pub fn hard_to_compress(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = pseudo_random(len, seed);
+    for b in &mut out {
+        *b = b'a' + (*b & 15);
+    }
+    out
+}
+
 /// Compressible text-like bytes: words picked by a PRNG, so gzip sees
 /// realistic (not trivially periodic) input.
 pub fn text_like(len: usize) -> Vec<u8> {

@@ -906,7 +906,7 @@ fn overwritten_mid_read_is_409(b: &BucketBackend) {
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    // gzip -9 of 64 MiB of noise takes seconds; hashing 256 MiB, one.
+    // gzip -9 of 64 MiB of random letters takes seconds; hashing 256 MiB, one.
     for (size, method, path) in [
         (64 << 20, "POST", "/compress/v.bin?level=9"),
         (
@@ -915,7 +915,7 @@ fn overwritten_mid_read_is_409(b: &BucketBackend) {
             "/hash-file/v.bin?alg=sha256,sha512,sha1,md5",
         ),
     ] {
-        b.put("v.bin", &pseudo_random(size, 1));
+        b.put("v.bin", &hard_to_compress(size, 1));
         let before = metric_sum(&srv, gets);
         let (m, p, addr) = (method.to_string(), path.to_string(), srv.addr);
         let req = std::thread::spawn(move || request(addr, &m, &p, &[], b""));
@@ -924,7 +924,7 @@ fn overwritten_mid_read_is_409(b: &BucketBackend) {
         // Another size too: s3s-fs records the new ETag just after it
         // renames the new bytes in, and a range read in that instant is
         // caught by the size.
-        b.put("v.bin", &pseudo_random(size + 4096, 2));
+        b.put("v.bin", &hard_to_compress(size + 4096, 2));
         let r = req.join().unwrap();
         assert_eq!(r.status, 409, "{method} {path}: {}", r.text());
         assert_eq!(r.error_code(), "source_changed");

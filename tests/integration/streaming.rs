@@ -205,3 +205,29 @@ fn long_bodies_hashed_on_the_pool_are_exact() {
         h.join().unwrap();
     }
 }
+
+/// A long body whose digests all run at memory speed (CRCs, XXH3) is hashed
+/// as it arrives, without a pool job: the hand-off would cost more than
+/// the hashing. The digests match independent implementations; adding
+/// SHA-256 sends the same body to the pool.
+#[test]
+fn long_bodies_with_memory_speed_digests_skip_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let jobs = || {
+        srv.metric("hashpress_pool_queue_wait_seconds_count")
+            .unwrap()
+    };
+    let body = pseudo_random((9 << 20) + 333, 77);
+    let path = dir.path().join("body.bin");
+    std::fs::write(&path, &body).unwrap();
+    let cheap = "crc32c,crc32,crc64nvme,xxh3,xxh128";
+    let want = oracle(&path, cheap);
+    let before = jobs();
+    let r = srv.post(&format!("/hash?alg={cheap}"), &body);
+    assert_digests(&r, &want, body.len());
+    assert_eq!(jobs(), before, "a memory-speed digest made a pool job");
+    let r = srv.post(&format!("/hash?alg={cheap},sha256"), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(jobs() > before, "SHA-256 of 9 MiB did not use the pool");
+}
