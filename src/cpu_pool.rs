@@ -68,9 +68,13 @@ pub enum WorkKind {
     Gzip = 1,
     Zstd = 2,
 }
+
 /// Requests smaller than this teach nothing about cost per byte: their
-/// fixed costs (open, stat, answer) dominate.
-const LEARN_FROM_BYTES: u64 = 4 << 20;
+/// fixed costs (open, stat, answer: tens of µs) dominate. At 1 MiB the work
+/// is a millisecond or more, and a workload of 1 MiB requests (the mixed
+/// load's gzip of a random file, stored at ~1 ns a byte) must teach its own
+/// cost, or it is priced forever at the first guess (20 ns a byte) and shed.
+const LEARN_FROM_BYTES: u64 = 1 << 20;
 
 /// Why a job did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
