@@ -54,9 +54,10 @@ const MAX_PENALTY: Duration = Duration::from_millis(100);
 /// The run-time estimate of a job before any has been measured.
 const FIRST_ESTIMATE: Duration = Duration::from_millis(1);
 /// CPU cost per byte (picoseconds) before any request has finished, per
-/// `WorkKind`: SHA-256 runs at ~1.4 GB/s a core, gzip -6 at ~50 MB/s, zstd -3
-/// at ~350 MB/s.
-const FIRST_COST_PS: [u64; 3] = [1_000, 20_000, 3_000];
+/// `WorkKind`: SHA-256 runs at ~1.4 GB/s a core, gzip -6 of text at ~35 MB/s
+/// (a request's bytes are scaled to its codec's default level), zstd -3 at
+/// ~150 MB/s.
+const FIRST_COST_PS: [u64; 3] = [1_000, 20_000, 6_000];
 
 /// What a planned request does with its bytes. Each kind's cost per byte is
 /// learned apart: they differ tenfold, and one shared figure would price a

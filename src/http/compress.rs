@@ -37,7 +37,9 @@ fn compressed_response(codec: Codec, body: Body) -> Response {
     resp
 }
 
-/// What the pool learns the cost of, for this codec.
+/// What the pool learns the cost of, for this codec: per byte at the
+/// codec's default level, the bytes planned being scaled by the level's
+/// `relative_cost`, so one learned figure prices every level.
 fn work(codec: Codec) -> WorkKind {
     match codec.format() {
         Format::Gzip => WorkKind::Gzip,
@@ -64,7 +66,7 @@ pub async fn compress_file(
     let parallel = query.parallel()?;
     let rel = path_after(req.uri().path(), "/compress/")?;
     let mut src = Source::open(&st, &rel).await?;
-    src.plan(work(codec))?;
+    src.plan(work(codec), codec.relative_cost())?;
     // What the bytes sent are made from, for their digest (`sent_digest`).
     let made_from = SourceIdentity(src.identity().clone());
     if parallel.unwrap_or(src.size() >= AUTO_PARALLEL_BYTES) {
@@ -158,7 +160,7 @@ pub async fn compress_body(
     body.read_ahead(INLINE_BODY).await?;
     let lane = st.pool.lane();
     if let Some(n) = declared {
-        lane.plan(work(codec), n)?;
+        lane.plan(work(codec), (n as f64 * codec.relative_cost()) as u64)?;
     }
     if parallel {
         // Admission, as for the serial path: 503 now if the pool is full.
@@ -240,7 +242,7 @@ pub async fn compress_to_file(
         .map_err(ApiError::from_path)?;
     let mut src = Source::open(&st, &rel).await?;
     src.verify(req.headers(), st.metrics)?;
-    src.plan(work(codec))?;
+    src.plan(work(codec), codec.relative_cost())?;
     // From here on, any error or a client that leaves drops `state`, and
     // with it the output: no partial `.gz`/`.zst`, no temporary, no upload left.
     let lane = src.lane();

@@ -108,12 +108,15 @@ impl Source {
     /// not): refused at once (503) when the pool is too busy, or when
     /// sharing it with the work already planned would make it wait too
     /// long. Before any pool job of the request.
-    pub fn plan(&mut self, work: WorkKind) -> Result<(), ApiError> {
+    /// `weight` scales the bytes to the work's reference cost (a codec's
+    /// level against its default; 1 for a hash).
+    pub fn plan(&mut self, work: WorkKind, weight: f64) -> Result<(), ApiError> {
         if !self.admitted {
             self.lane.admit()?;
             self.admitted = true;
         }
-        Ok(self.lane.plan(work, self.size())?)
+        let bytes = (self.size() as f64 * weight) as u64;
+        Ok(self.lane.plan(work, bytes)?)
     }
 
     /// Folds a source of at most `max` bytes right here, on the I/O thread,

@@ -193,7 +193,7 @@ pub async fn hash_file(
     let hasher = match src.fold_now(MultiHasher::new(&algs), INLINE_FILE, update)? {
         Ok(hasher) => hasher,
         Err(hasher) => {
-            src.plan(WorkKind::Hash)?;
+            src.plan(WorkKind::Hash, 1.0)?;
             src.fold(hasher, update).await?
         }
     };

@@ -183,6 +183,14 @@ impl Codec {
         }
     }
 
+    /// CPU time per input byte against the codec's default level.
+    pub fn relative_cost(self) -> f64 {
+        match self {
+            Codec::Gzip(level) => level.relative_cost(),
+            Codec::Zstd(level) => level.relative_cost(),
+        }
+    }
+
     /// A streaming encoder.
     pub fn encoder(self) -> Box<dyn Encode> {
         match self {
