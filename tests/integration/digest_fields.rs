@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -315,8 +316,8 @@ fn compress_to_file_writes_only_the_declared_content() {
 }
 
 /// `GET` with optional extra header lines; the raw head and body.
-fn get_raw(srv: &Server, method: &str, path: &str, extra: &str) -> (String, Vec<u8>) {
-    let mut s = connect(srv.addr);
+fn get_raw(addr: SocketAddr, method: &str, path: &str, extra: &str) -> (String, Vec<u8>) {
+    let mut s = connect(addr);
     let head = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}\r\n");
     s.write_all(head.as_bytes()).unwrap();
     let mut raw = Vec::new();
@@ -366,7 +367,7 @@ fn downloads_get_their_digest_as_a_trailer() {
     ] {
         let path = format!("/compress/d.txt{query}");
         let extra = format!("{want}\r\nTE: trailers\r\n");
-        let (head, raw) = get_raw(&srv, "GET", &path, &extra);
+        let (head, raw) = get_raw(srv.addr, "GET", &path, &extra);
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert_eq!(
             header_of(&head, "trailer").map(|t| t.to_ascii_lowercase()),
@@ -384,14 +385,14 @@ fn downloads_get_their_digest_as_a_trailer() {
         );
 
         // Without TE: trailers (and no cache) there is nowhere to put it.
-        let (head, raw) = get_raw(&srv, "GET", &path, &format!("{want}\r\n"));
+        let (head, raw) = get_raw(srv.addr, "GET", &path, &format!("{want}\r\n"));
         assert_eq!(header_of(&head, "trailer"), None, "{head}");
         let (gz2, complete, trailers) = dechunk_strict(&raw);
         assert!(complete && trailers.is_empty());
         assert_eq!(gz2, gz, "the same bytes for the same query");
 
         // HEAD: the output is made and hashed, not sent.
-        let (head, raw) = get_raw(&srv, "HEAD", &path, &format!("{want}\r\n"));
+        let (head, raw) = get_raw(srv.addr, "HEAD", &path, &format!("{want}\r\n"));
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(raw.is_empty());
         assert_eq!(
@@ -401,7 +402,7 @@ fn downloads_get_their_digest_as_a_trailer() {
     }
     // Both fields at once, each with its own algorithm.
     let (head, raw) = get_raw(
-        &srv,
+        srv.addr,
         "GET",
         "/compress/d.txt",
         "Want-Repr-Digest: sha-512=1\r\nWant-Content-Digest: sha-256=1\r\nTE: trailers\r\n",
@@ -418,7 +419,7 @@ fn downloads_get_their_digest_as_a_trailer() {
     );
     // A malformed preference is refused like any malformed field.
     let (head, _) = get_raw(
-        &srv,
+        srv.addr,
         "GET",
         "/compress/d.txt",
         "Want-Repr-Digest: sha-256=11\r\n",
@@ -436,14 +437,14 @@ fn cached_download_digests_come_as_headers() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let srv = Server::start(dir.path(), &["--digest-cache", "1MiB"]);
     let want = "Want-Repr-Digest: sha-256=1\r\n";
-    let (head, raw) = get_raw(&srv, "GET", "/compress/c.txt", want);
+    let (head, raw) = get_raw(srv.addr, "GET", "/compress/c.txt", want);
     assert_eq!(header_of(&head, "repr-digest"), None, "not known yet");
     let (gz, complete, _) = dechunk_strict(&raw);
     assert!(complete);
     let expected = field_of(dir.path(), &gz, "sha256");
     // Known now: a header on GET and on HEAD, no trailer needed.
     for method in ["GET", "HEAD"] {
-        let (head, raw) = get_raw(&srv, method, "/compress/c.txt", want);
+        let (head, raw) = get_raw(srv.addr, method, "/compress/c.txt", want);
         assert_eq!(
             header_of(&head, "repr-digest"),
             Some(expected.clone()),
@@ -455,11 +456,11 @@ fn cached_download_digests_come_as_headers() {
         }
     }
     // Another level is another output: not known.
-    let (head, _) = get_raw(&srv, "GET", "/compress/c.txt?level=9", want);
+    let (head, _) = get_raw(srv.addr, "GET", "/compress/c.txt?level=9", want);
     assert_eq!(header_of(&head, "repr-digest"), None);
     // A changed file is another version: not known either.
     std::fs::write(&p, text_like(100)).unwrap();
-    let (head, _) = get_raw(&srv, "GET", "/compress/c.txt", want);
+    let (head, _) = get_raw(srv.addr, "GET", "/compress/c.txt", want);
     assert_eq!(header_of(&head, "repr-digest"), None);
 }
 
@@ -474,13 +475,8 @@ fn head_whose_compression_fails_answers_with_the_failure() {
     let srv = Server::start(dir.path(), &[]);
     let addr = srv.addr;
     let head = std::thread::spawn(move || {
-        let mut s = connect(addr);
-        let req = "HEAD /compress/moving.txt?level=9 HTTP/1.1\r\nHost: t\r\n\
-                   Connection: close\r\nWant-Repr-Digest: sha-256=1\r\n\r\n";
-        s.write_all(req.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        String::from_utf8_lossy(&raw).into_owned()
+        let want = "Want-Repr-Digest: sha-256=1\r\n";
+        get_raw(addr, "HEAD", "/compress/moving.txt?level=9", want).0
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
