@@ -298,15 +298,10 @@ impl Hashing {
             Ok(opened) => opened,
             Err(r) => return Step::Done(r),
         };
-        let key = self
-            .cache
-            .as_ref()
-            .map(|_| Key::new(identity(&meta), &self.algs));
-        if let (Some(cache), Some(key)) = (&self.cache, &key)
-            && let Some(digests) = cache.get(key)
-        {
-            return Step::Done(Record::File { path, digests });
-        }
+        let key = match self.cached(&meta) {
+            Ok(key) => key,
+            Err(digests) => return Step::Done(Record::File { path, digests }),
+        };
         let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
         if size > *budget {
             // Closed now, reopened by its pieces: no descriptor waits in a queue.
@@ -321,6 +316,19 @@ impl Hashing {
                 Step::Done(Record::File { path, digests })
             }
             Err(e) => Step::Done(read_error(path, e)),
+        }
+    }
+
+    /// An opened file's digest-cache key (`None` without a cache), or, as
+    /// `Err`, the digests the cache already holds for this version of it.
+    fn cached(&self, meta: &Metadata) -> Result<Option<Key>, Digests> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        let key = Key::new(identity(meta), &self.algs);
+        match cache.get(&key) {
+            Some(digests) => Err(digests),
+            None => Ok(Some(key)),
         }
     }
 
@@ -362,16 +370,10 @@ impl Hashing {
             .lane
             .run(move || {
                 let (path, file, meta) = this.open(path, symlink).map_err(Box::new)?;
-                let key = this
-                    .cache
-                    .as_ref()
-                    .map(|_| Key::new(identity(&meta), &this.algs));
-                if let (Some(cache), Some(key)) = (&this.cache, &key)
-                    && let Some(digests) = cache.get(key)
-                {
-                    return Err(Box::new(Record::File { path, digests }));
+                match this.cached(&meta) {
+                    Ok(key) => Ok((path, file, key)),
+                    Err(digests) => Err(Box::new(Record::File { path, digests })),
                 }
-                Ok((path, file, key))
             })
             .await?;
         let (path, file, key) = match opened {
