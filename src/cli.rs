@@ -15,7 +15,7 @@ use indicatif::ProgressBar;
 
 use crate::block_pipeline::BlockPipeline;
 use crate::config::{CheckArgs, CompressArgs, DecompressArgs, HashArgs, OutputArgs};
-use crate::cpu_pool::{CpuPool, PoolError, PoolLimits};
+use crate::cpu_pool::{CpuPool, PoolError, PoolLimits, PoolPriority};
 use crate::kernel::codec::Format as CodecFormat;
 use crate::kernel::{AlgorithmList, BlockCutter, Codec, MultiHasher};
 use crate::metrics::Slot;
@@ -40,12 +40,14 @@ fn runtime_with(threads: Option<usize>) -> io::Result<(tokio::runtime::Runtime, 
         .build()?;
     let cores =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // A command line never sheds: it has all the time it needs.
+    // A command line never sheds: it has all the time it needs. Its pool
+    // does the program's work, so it only yields to the thread printing.
     let pool = CpuPool::new(
         PoolLimits {
             threads: cores,
             queue: 4096,
             max_wait: Duration::from_secs(365 * 24 * 3600),
+            priority: PoolPriority::Low,
         },
         Box::leak(Slot::new_boxed()),
     );

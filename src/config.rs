@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::cpu_pool::PoolLimits;
+use crate::cpu_pool::{PoolLimits, PoolPriority};
 use crate::start_error::StartError;
 use crate::storage::RootArg;
 use crate::tls::TlsFiles;
@@ -306,6 +306,19 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub pool_queue: usize,
+
+    /// How the pool threads yield the cores. idle (SCHED_IDLE): they run only when no
+    /// other thread wants a core, so a compression never delays the threads answering
+    /// requests (the best latency on a host of its own). low: niced by 5, for a host
+    /// shared with other busy programs, where idle threads would get almost no CPU.
+    #[arg(
+        long,
+        env = "HASHPRESS_POOL_PRIORITY",
+        value_enum,
+        default_value = "idle",
+        value_name = "CLASS"
+    )]
+    pub pool_priority: PoolPriority,
 
     /// Largest request body accepted, in bytes (suffixes K, M, G, KiB, MiB, GiB), or
     /// `unlimited`. A larger Content-Length is refused with 413 before any byte is read;
@@ -613,6 +626,7 @@ impl ServeArgs {
                 threads: pool_threads,
                 queue: pool_queue,
                 max_wait: self.max_queue_wait,
+                priority: self.pool_priority,
             },
             connections: ConnectionLimits {
                 header_read_timeout: self.header_read_timeout,

@@ -115,6 +115,21 @@ pub fn lower_thread_priority(by: i32) {
     unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, now + by) };
 }
 
+/// Puts the calling thread in the `SCHED_IDLE` class: it runs only when no
+/// ordinary thread wants the core, and is preempted the moment one wakes.
+/// Returns false if the system refused (the thread stays as it was).
+pub fn make_thread_idle_class() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
+}
+
+/// Whether the calling thread is in the `SCHED_IDLE` class.
+pub fn thread_is_idle_class() -> bool {
+    // SAFETY: pid 0 is the calling thread; no memory involved.
+    unsafe { libc::sched_getscheduler(0) == libc::SCHED_IDLE }
+}
+
 /// Sets an environment variable. Must run before any other thread exists
 /// (as `main` does before the runtime starts): the environment is not
 /// thread-safe in libc.

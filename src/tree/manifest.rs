@@ -558,6 +558,7 @@ mod tests {
             threads: 2,
             queue: 64,
             max_wait: Duration::from_secs(60),
+            priority: crate::cpu_pool::PoolPriority::Low,
         };
         let pool = CpuPool::new(limits, Box::leak(Slot::new_boxed()));
         let algs = AlgorithmList::default_list();
