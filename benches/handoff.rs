@@ -21,7 +21,7 @@ fn handoff(c: &mut Criterion) {
             threads: 1,
             queue: 64,
             max_wait: std::time::Duration::from_secs(1),
-            priority: hashpress::cpu_pool::PoolPriority::Idle,
+            priority: hashpress::cpu_pool::PoolPriority::Low,
         },
         Box::leak(Slot::new_boxed()),
     );

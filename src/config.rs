@@ -307,15 +307,17 @@ pub struct ServeArgs {
     )]
     pub pool_queue: usize,
 
-    /// How the pool threads yield the cores. idle (SCHED_IDLE): they run only when no
-    /// other thread wants a core, so a compression never delays the threads answering
-    /// requests (the best latency on a host of its own). low: niced by 5, for a host
-    /// shared with other busy programs, where idle threads would get almost no CPU.
+    /// How the pool threads yield the cores. low: niced by 5 below the threads answering
+    /// requests, and a fair share against other programs. idle (SCHED_IDLE): they run only
+    /// when no other thread wants a core, so a compression never delays a small request
+    /// (p99 of a 64 KiB hash beside 8 gzip streams ~3 ms instead of ~8 ms), but any other
+    /// busy program on the same CPUs (not in a cgroup of its own) starves them: use it on
+    /// a host or in a container of its own.
     #[arg(
         long,
         env = "HASHPRESS_POOL_PRIORITY",
         value_enum,
-        default_value = "idle",
+        default_value = "low",
         value_name = "CLASS"
     )]
     pub pool_priority: PoolPriority,

@@ -107,13 +107,14 @@ pub struct PoolLimits {
 /// (`--pool-priority`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PoolPriority {
-    /// Run only when no ordinary thread wants the core (`SCHED_IDLE`): the
-    /// HTTP threads are never delayed by compressions. On a host shared with
-    /// other busy programs the pool gets almost nothing; choose `low` there.
-    Idle,
-    /// Run niced (+5) below the HTTP threads, and take a share of the cores
-    /// against other programs.
+    /// Run niced (+5) below the HTTP threads, and take a fair share of the
+    /// cores against other programs. The default: a pool that any busy
+    /// neighbour can stop is a hang to its users.
     Low,
+    /// Run only when no ordinary thread wants the core (`SCHED_IDLE`): the
+    /// HTTP threads are never delayed by compressions, but any busy program
+    /// in the same run queue (the same cgroup, or none) starves the pool.
+    Idle,
 }
 
 /// Handle to the pool; cheap to clone. The threads stop when the last handle
@@ -615,14 +616,15 @@ const POOL_NICE: i32 = 5;
 /// Puts the calling pool thread below the HTTP threads.
 ///
 /// The HTTP threads parse heads, answer small requests inline and hand
-/// jobs over: a few microseconds of work each, which must not wait behind
-/// a core full of gzip. A lower nice value is not enough: it shrinks the
-/// pool's share, but a woken HTTP thread still waits for the running pool
-/// thread's time slice to end (measured: ~2 ms a wake-up beside 8 gzip
-/// streams, a 64 KiB hash's p99 going from 1.3 to 18 ms). A `SCHED_IDLE`
-/// thread is preempted as soon as an ordinary thread wakes, and with the
-/// HTTP threads idle, the pool still has every core. Best effort: where the
-/// class is refused, the thread is niced by `POOL_NICE` instead.
+/// jobs over: a few microseconds of work each, which should not wait behind
+/// a core full of gzip. A lower nice value shrinks the pool's share, but a
+/// woken HTTP thread that has used its share is not eligible to preempt, and
+/// a pool thread once picked keeps the core until the next tick (4 ms at
+/// HZ=250): measured beside 8 gzip streams, a 64 KiB hash's p99 went from
+/// 1.4 ms to ~8 ms at nice +5, and nice +19 did no better. A `SCHED_IDLE`
+/// thread is preempted the moment an ordinary one wakes (~3 ms p99), but
+/// it is also starved by any other busy program, hence opt-in. Best effort:
+/// where the class is refused, the thread is niced by `POOL_NICE` instead.
 fn lower_priority(priority: PoolPriority) {
     if priority == PoolPriority::Low || !crate::sys::make_thread_idle_class() {
         crate::sys::lower_thread_priority(POOL_NICE);
@@ -692,7 +694,7 @@ mod tests {
                 threads,
                 queue,
                 max_wait,
-                priority: PoolPriority::Idle,
+                priority: PoolPriority::Low,
             },
             Box::leak(Slot::new_boxed()),
         )
@@ -1017,22 +1019,20 @@ mod tests {
         let (idle, mine) = class_and_nice();
         assert!(!idle);
         let niced = (mine + POOL_NICE).min(19);
-        // Idle class by default (niced only where the class is refused).
-        let (idle, nice) = pool(1, 4, Duration::from_secs(1))
-            .try_run(class_and_nice)
-            .await
-            .unwrap();
-        assert!(idle || nice == niced, "idle {idle}, nice {nice}");
-        let low = CpuPool::new(
+        let low = pool(1, 4, Duration::from_secs(1));
+        assert_eq!(low.try_run(class_and_nice).await, Ok((false, niced)));
+        let idle_class = CpuPool::new(
             PoolLimits {
                 threads: 1,
                 queue: 4,
                 max_wait: Duration::from_secs(1),
-                priority: PoolPriority::Low,
+                priority: PoolPriority::Idle,
             },
             Box::leak(Slot::new_boxed()),
         );
-        assert_eq!(low.try_run(class_and_nice).await, Ok((false, niced)));
+        // Niced instead only where the class is refused.
+        let (idle, nice) = idle_class.try_run(class_and_nice).await.unwrap();
+        assert!(idle || nice == niced, "idle {idle}, nice {nice}");
     }
 
     #[tokio::test]

@@ -141,7 +141,7 @@ pub(crate) fn test_state(root: &std::path::Path) -> AppState {
                     threads: 1,
                     queue: 4,
                     max_wait: std::time::Duration::from_secs(1),
-                    priority: crate::cpu_pool::PoolPriority::Idle,
+                    priority: crate::cpu_pool::PoolPriority::Low,
                 },
                 metrics,
             ),

@@ -264,3 +264,69 @@ fn small_hot_files_are_hashed_without_the_pool() {
     assert_eq!(rc, 0);
     check(srv.get("/hash-file/small.bin"));
 }
+
+/// The scheduling class and nice value of every pool thread
+/// (`hashpress-cpu-N`) of the server's workers, read from /proc.
+fn pool_thread_classes(srv: &Server) -> Vec<(u32, i32)> {
+    let mut found = Vec::new();
+    for pid in srv.children() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if !comm.starts_with("hashpress-cpu") {
+                continue;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // After the command's closing parenthesis: field 3 is the state;
+            // nice is field 19 and the policy field 41.
+            let f: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            found.push((f[41 - 3].parse().unwrap(), f[19 - 3].parse().unwrap()));
+        }
+    }
+    found
+}
+
+/// Pool threads are niced below the HTTP threads by default, and put in the
+/// SCHED_IDLE class (policy 5) with `--pool-priority idle`.
+#[test]
+fn pool_priority_sets_the_pool_threads_class() {
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: reads this process's priority; no memory involved.
+    let own_nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    for (args, want_policy) in [(&[][..], 0u32), (&["--pool-priority", "idle"][..], 5)] {
+        let srv = Server::start(
+            dir.path(),
+            &[&["--workers", "1", "--pool-threads", "2"], args].concat(),
+        );
+        let end = Instant::now() + Duration::from_secs(10);
+        let classes = loop {
+            let c = pool_thread_classes(&srv);
+            if c.len() == 2 || Instant::now() > end {
+                break c;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(classes.len(), 2, "pool threads {classes:?} for {args:?}");
+        for (policy, nice) in classes {
+            assert_eq!(policy, want_policy, "{args:?}");
+            if want_policy == 0 {
+                assert_eq!(nice, (own_nice + 5).min(19), "{args:?}");
+            }
+        }
+    }
+    let bad = std::process::Command::new(BIN)
+        .args(["serve", "--pool-priority", "high"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("low") && err.contains("idle"), "{err}");
+}
