@@ -23,7 +23,7 @@ use crate::progress;
 use crate::root::Root;
 use crate::tree::check::{Check, Verdict};
 use crate::tree::format::{self, Format};
-use crate::tree::manifest::{Manifest, Record, hash_file, ndjson_line};
+use crate::tree::manifest::{Manifest, Options, Record, hash_file, ndjson_line};
 
 /// Exit statuses, as coreutils' checksum tools use them.
 const MISMATCH: u8 = 1;
@@ -145,7 +145,10 @@ pub fn hash(args: &HashArgs) -> ExitCode {
                 continue;
             }
             let bar = progress::bytes(None);
-            let ok = rt.block_on(walk_into(&pool, path, &algs, format, &stdout, &bar));
+            let options = args.walk.options();
+            let ok = rt.block_on(walk_into(
+                &pool, path, &algs, format, options, &stdout, &bar,
+            ));
             bar.finish_and_clear();
             if !ok {
                 status = TROUBLE;
@@ -208,6 +211,7 @@ async fn walk_into(
     dir: &Path,
     algs: &AlgorithmList,
     format: Format,
+    options: Options,
     stdout: &io::Stdout,
     bar: &ProgressBar,
 ) -> bool {
@@ -218,7 +222,7 @@ async fn walk_into(
             return false;
         }
     };
-    let mut m = match Manifest::start(pool, root, None, algs, None).await {
+    let mut m = match Manifest::start(pool, root, None, algs, None, options).await {
         Ok(m) => m,
         Err(e) => {
             eprintln!("hashpress: {}: {}", dir.display(), e.message());
@@ -304,7 +308,8 @@ pub fn check(args: &CheckArgs) -> ExitCode {
     };
     let show_new = args.new;
     let counts = rt.block_on(async {
-        let mut m = match Manifest::start(&pool, root, None, &algs, None).await {
+        let options = args.walk.options();
+        let mut m = match Manifest::start(&pool, root, None, &algs, None, options).await {
             Ok(m) => m,
             Err(e) => return Err(e.message()),
         };

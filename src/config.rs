@@ -19,6 +19,7 @@ use crate::cpu_pool::{PoolLimits, PoolPriority};
 use crate::start_error::StartError;
 use crate::storage::RootArg;
 use crate::tls::TlsFiles;
+use crate::tree::listing::SORT_IN_MEMORY;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -166,6 +167,28 @@ pub struct HashArgs {
     /// Files and directories; `-` is standard input.
     #[arg(value_name = "PATH", default_value = "-")]
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub walk: WalkArgs,
+}
+
+/// How `hash -r` and `check` walk a tree: `serve --dir-sort-names`, hidden
+/// (only tests and the odd huge directory need it).
+#[derive(Args, Debug, Clone)]
+pub struct WalkArgs {
+    #[arg(long, env = "HASHPRESS_DIR_SORT_NAMES", default_value_t = SORT_IN_MEMORY,
+          value_name = "N", hide = true, value_parser = parse_positive)]
+    pub dir_sort_names: usize,
+}
+
+impl WalkArgs {
+    /// How the command line reads a tree: big files through mappings (a
+    /// one-shot tool, like b3sum; see `sys::map_file`).
+    pub fn options(&self) -> crate::tree::manifest::Options {
+        crate::tree::manifest::Options {
+            sort_in_memory: self.dir_sort_names,
+            map_files: true,
+        }
+    }
 }
 
 /// `hashpress check`.
@@ -191,6 +214,8 @@ pub struct CheckArgs {
     /// The manifest; `-` is standard input.
     #[arg(value_name = "MANIFEST")]
     pub manifest: PathBuf,
+    #[command(flatten)]
+    pub walk: WalkArgs,
 }
 
 /// How log lines are written.
@@ -335,6 +360,13 @@ pub struct ServeArgs {
     #[arg(long, env = "HASHPRESS_DIGEST_CACHE", default_value = "0", value_name = "SIZE",
           value_parser = parse_size)]
     pub digest_cache: u64,
+
+    /// Names of one directory a manifest sorts in memory; a directory with more is read in
+    /// sorted runs of this many, kept in an unnamed file in the temporary directory ($TMPDIR)
+    /// and merged, so memory stays bounded whatever the directory's size.
+    #[arg(long, env = "HASHPRESS_DIR_SORT_NAMES", default_value_t = SORT_IN_MEMORY,
+          value_name = "N", value_parser = parse_positive)]
+    pub dir_sort_names: usize,
 
     /// Largest request head (request line and headers), in bytes; larger gets 431.
     #[arg(long, env = "HASHPRESS_MAX_HEADER_BYTES", default_value = "64KiB", value_name = "SIZE",
@@ -498,6 +530,8 @@ pub struct ApiConfig {
     pub body_read_timeout: Duration,
     /// `--digest-cache`, in bytes; 0 = off.
     pub digest_cache: u64,
+    /// `--dir-sort-names`.
+    pub dir_sort_names: usize,
     /// `--access-log`: one line per request.
     pub access_log: bool,
     /// `--metrics`: false skips request recording (to measure its cost).
@@ -620,6 +654,7 @@ impl ServeArgs {
                 max_body: self.max_body,
                 body_read_timeout: self.body_read_timeout,
                 digest_cache: self.digest_cache,
+                dir_sort_names: self.dir_sort_names,
                 access_log: self.access_log,
                 record_metrics: self.metrics,
                 io_threads,
@@ -689,6 +724,14 @@ impl Limit {
             Limit::Unlimited => None,
             Limit::Bytes(n) => Some(n),
         }
+    }
+}
+
+/// A count of at least 1.
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a whole number of at least 1")),
     }
 }
 

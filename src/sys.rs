@@ -304,9 +304,19 @@ pub fn fsync(fd: RawFd) -> io::Result<()> {
     check(unsafe { libc::fsync(fd) }).map(drop)
 }
 
-/// The entries of the directory `dir` (without "." and ".."), as
-/// (name, d_type), in the order the file system gives them.
-pub fn read_dir(dir: RawFd) -> io::Result<Vec<(Vec<u8>, u8)>> {
+/// Calls `each` with every entry of the directory `dir` (not "." or ".."),
+/// as (name, d_type), in the order the file system gives them, as they are
+/// read: a directory of any size is never held whole. Stops at the first
+/// error `each` returns.
+pub fn read_dir(dir: RawFd, mut each: impl FnMut(&[u8], u8) -> io::Result<()>) -> io::Result<()> {
+    /// Closes the stream (and its descriptor) on every way out.
+    struct Stream(*mut libc::DIR);
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            // SAFETY: a stream fdopendir returned, closed once.
+            unsafe { libc::closedir(self.0) };
+        }
+    }
     // fdopendir takes the descriptor over: give it a duplicate.
     let dup = std::os::fd::IntoRawFd::into_raw_fd(dup_cloexec(dir)?);
     // SAFETY: fdopendir on a descriptor we own; on success the stream owns it.
@@ -317,26 +327,30 @@ pub fn read_dir(dir: RawFd) -> io::Result<Vec<(Vec<u8>, u8)>> {
         drop(unsafe { OwnedFd::from_raw_fd(dup) });
         return Err(e);
     }
-    let mut names = Vec::new();
+    let stream = Stream(stream);
     loop {
-        // SAFETY: readdir on a live stream; the entry is copied out before
-        // the next call.
-        let ent = unsafe { libc::readdir(stream) };
+        // readdir returns NULL at the end and on an error; only errno tells.
+        // SAFETY: errno is this thread's own.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: readdir on a live stream; the entry is used before the
+        // next call.
+        let ent = unsafe { libc::readdir(stream.0) };
         if ent.is_null() {
-            break;
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(0) | None => Ok(()),
+                Some(_) => Err(e),
+            };
         }
         // SAFETY: d_name is NUL-terminated within the entry readdir returned.
         let (name, d_type) = unsafe {
             let name = CStr::from_ptr((*ent).d_name.as_ptr()).to_bytes();
-            (name.to_vec(), (*ent).d_type)
+            (name, (*ent).d_type)
         };
         if name != b"." && name != b".." {
-            names.push((name, d_type));
+            each(name, d_type)?;
         }
     }
-    // SAFETY: closing the stream we opened (and its descriptor).
-    unsafe { libc::closedir(stream) };
-    Ok(names)
 }
 
 /// preadv2(2) with RWF_NOWAIT: what is in the page cache at `offset`, or
@@ -352,4 +366,59 @@ pub fn pread_nowait(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize>
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+/// A read-only mapping of the first bytes of a file, unmapped when dropped.
+pub struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: read-only memory that this value alone unmaps; shared reads from
+// any thread are fine.
+unsafe impl Send for Mapped {}
+// SAFETY: as above.
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes mapped readable at `ptr` until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map_file`, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Maps `len` (> 0) bytes of the regular file `fd` from `offset` (a
+/// multiple of the page size) read-only and faults them in, so they are
+/// hashed where the page cache holds them, without a copy.
+///
+/// Contract, which the caller keeps: only a one-shot command line uses it.
+/// If another process truncates the file while it is read, the access
+/// past the new end raises SIGBUS and ends the process (as for `b3sum`);
+/// a server must read (`pread`) instead.
+pub fn map_file(fd: &impl AsRawFd, offset: u64, len: usize) -> io::Result<Mapped> {
+    if len == 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: a new private read-only mapping; no existing memory touched.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Mapped { ptr, len })
 }

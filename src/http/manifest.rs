@@ -17,7 +17,7 @@ use crate::kernel::AlgorithmList;
 use crate::root::RelPath;
 use crate::tree::check::{Check, Verdict};
 use crate::tree::format::{self, Format};
-use crate::tree::manifest::{Manifest, Record, Summary, ndjson_line};
+use crate::tree::manifest::{Manifest, Options, Record, Summary, ndjson_line};
 
 /// The directory after `/manifest/` (None: the root), with `suffix` removed first.
 fn dir_of(uri_path: &str, suffix: &str) -> Result<Option<RelPath>, ApiError> {
@@ -82,6 +82,7 @@ pub async fn manifest(
         dir,
         &algs,
         st.digest_cache.clone(),
+        Options::server(st.config.dir_sort_names),
     )
     .await?;
     let primary = algs.as_slice()[0];
@@ -169,6 +170,7 @@ pub async fn check(
         dir,
         &algs,
         st.digest_cache.clone(),
+        Options::server(st.config.dir_sort_names),
     )
     .await?;
     let each = |c: &mut Check, r: Record, out: &mut Vec<u8>| {

@@ -154,6 +154,7 @@ pub(crate) fn test_state(root: &std::path::Path) -> AppState {
                 max_body: crate::config::Limit::Unlimited,
                 body_read_timeout: std::time::Duration::from_secs(5),
                 digest_cache: 0,
+                dir_sort_names: crate::tree::listing::SORT_IN_MEMORY,
                 access_log: false,
                 record_metrics: true,
                 io_threads: 1,

@@ -102,7 +102,34 @@ struct Hashing {
     opener: Opener,
     algs: AlgorithmList,
     cache: Option<Arc<DigestCache>>,
+    /// `Options::map_files`.
+    map_files: bool,
 }
+
+/// How a manifest reads the tree.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Names of one directory sorted in memory (`--dir-sort-names`); a
+    /// bigger directory is sorted through a temporary file (`Walk::new`).
+    pub sort_in_memory: usize,
+    /// Hash big files from a mapping of the page cache instead of copying
+    /// them with `read`: only the command line (see `sys::map_file`).
+    pub map_files: bool,
+}
+
+impl Options {
+    /// What the server uses: reads, never mappings.
+    pub fn server(sort_in_memory: usize) -> Options {
+        Options {
+            sort_in_memory,
+            map_files: false,
+        }
+    }
+}
+
+/// Bytes of a mapped file one job hashes: mapping and unmapping cost a few
+/// microseconds, so pieces are bigger than `PIECE_MAX`'s reads.
+const MAP_PIECE: usize = 4 << 20;
 
 /// A manifest being computed; `next` yields its records in walk order.
 pub struct Manifest {
@@ -134,11 +161,13 @@ impl Manifest {
         dir: Option<RelPath>,
         algs: &AlgorithmList,
         cache: Option<Arc<DigestCache>>,
+        options: Options,
     ) -> Result<Manifest, ApiError> {
         let lane = pool.lane();
         let shown = dir.as_ref().map_or_else(String::new, RelPath::display);
+        let sort = options.sort_in_memory;
         let walk = lane
-            .try_run(move || Walk::new(root, dir).map_err(|e| ApiError::from_open(e, &shown)))
+            .try_run(move || Walk::new(root, dir, sort).map_err(|e| ApiError::from_open(e, &shown)))
             .await??;
         Ok(Manifest {
             hashing: Hashing {
@@ -146,6 +175,7 @@ impl Manifest {
                 opener: walk.opener(),
                 algs: algs.clone(),
                 cache,
+                map_files: options.map_files,
             },
             walk: Some(walk),
             listing: None,
@@ -382,7 +412,12 @@ impl Hashing {
         };
         // Only a cache needs the time (a clock read per file otherwise).
         let started = self.cache.as_ref().map(|_| SystemTime::now());
-        match hash_pieces(&self.lane, file, &self.algs).await {
+        let hashed = if self.map_files {
+            hash_mapped(&self.lane, file, &self.algs).await
+        } else {
+            hash_pieces(&self.lane, file, &self.algs).await
+        };
+        match hashed {
             Ok((file, digests)) => {
                 self.remember(key, &file, &digests, started);
                 Ok(Record::File { path, digests })
@@ -452,6 +487,32 @@ async fn hash_pieces(
                     Ok::<_, io::Error>(n < PIECE_MAX)
                 });
                 done.map(|done| (file, hasher, done))
+            })
+            .await
+            .map_err(Trouble::Pool)?
+            .map_err(Trouble::Read)?;
+    }
+    let (file, hasher, _) = state;
+    Ok((file, hasher.finish()))
+}
+
+/// Hashes an open file to the size its fstat gives, from mappings of
+/// `MAP_PIECE` bytes, one job each: no copy out of the page cache.
+async fn hash_mapped(
+    lane: &Lane,
+    file: File,
+    algs: &AlgorithmList,
+) -> Result<(File, Digests), Trouble> {
+    let size = file.metadata().map_err(Trouble::Read)?.len();
+    let mut state = (file, MultiHasher::new(algs), 0u64);
+    while state.2 < size {
+        let (file, mut hasher, at) = state;
+        state = lane
+            .run(move || {
+                let len = (size - at).min(MAP_PIECE as u64) as usize;
+                let map = crate::sys::map_file(&file, at, len)?;
+                hasher.update(map.bytes());
+                Ok::<_, io::Error>((file, hasher, at + len as u64))
             })
             .await
             .map_err(Trouble::Pool)?
@@ -547,6 +608,7 @@ mod tests {
     use crate::cpu_pool::PoolLimits;
     use crate::digest_cache::RACY_WINDOW;
     use crate::metrics::Slot;
+    use crate::tree::listing::SORT_IN_MEMORY;
     use std::time::Duration;
 
     fn manifest(root: &Arc<Root>, cache: &Arc<DigestCache>) -> Vec<(String, Digests)> {
@@ -563,9 +625,16 @@ mod tests {
         let pool = CpuPool::new(limits, Box::leak(Slot::new_boxed()));
         let algs = AlgorithmList::default_list();
         rt.block_on(async {
-            let mut m = Manifest::start(&pool, root.clone(), None, &algs, Some(cache.clone()))
-                .await
-                .unwrap();
+            let mut m = Manifest::start(
+                &pool,
+                root.clone(),
+                None,
+                &algs,
+                Some(cache.clone()),
+                Options::server(SORT_IN_MEMORY),
+            )
+            .await
+            .unwrap();
             let mut out = Vec::new();
             while let Some(r) = m.next().await {
                 match r {

@@ -17,7 +17,9 @@
 //! start, which is what `sort` and every manifest tool expect. That is not
 //! the order of a plain depth-first walk of sorted names ("a.txt" sorts
 //! before "a/b", '.' < '/'), so a directory is sorted as its name plus '/'.
-//! Only one directory's names are held at a time per level of depth.
+//! Each level of depth holds one directory's `Listing`: its names in
+//! memory, or, for a directory too big for that, sorted runs in a temporary
+//! file and a small buffer for each (see `listing`).
 
 use std::ffi::CString;
 use std::fs::{File, Metadata};
@@ -25,6 +27,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
+use super::listing::{Kind, Listing, kind_at};
 use crate::root::{OpenError, RelPath, Root};
 
 /// What the walk found at one path.
@@ -49,28 +52,21 @@ impl Entry {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Dir,
-    File,
-    Symlink,
-    Special,
-    Unknown,
-}
-
 /// One open directory: its remaining names, sorted.
 struct Level {
     fd: OwnedFd,
     /// Path from the start ("" for the start itself), with a trailing '/'
     /// unless empty.
     prefix: Vec<u8>,
-    names: std::vec::IntoIter<(Vec<u8>, Kind)>,
+    names: Listing,
 }
 
 /// The walk; an iterator of entries, in order, each listed as it is reached.
 pub struct Walk {
     opener: Opener,
     stack: Vec<Level>,
+    /// Names of one directory sorted in memory (`--dir-sort-names`).
+    in_memory: usize,
 }
 
 /// Opens the files a walk lists, from any thread: cheap to clone into jobs.
@@ -112,10 +108,11 @@ impl Opener {
 
 impl Walk {
     /// Starts at `dir` under the root (`None`: the root itself). Fails if it
-    /// is missing, outside, or not a directory.
-    pub fn new(root: Arc<Root>, dir: Option<RelPath>) -> Result<Walk, OpenError> {
+    /// is missing, outside, or not a directory. A directory of more than
+    /// `in_memory` names is sorted through a temporary file.
+    pub fn new(root: Arc<Root>, dir: Option<RelPath>, in_memory: usize) -> Result<Walk, OpenError> {
         let fd = root.open_dir(dir.as_ref())?;
-        let names = read_sorted(&fd).map_err(OpenError::Io)?;
+        let names = Listing::read(&fd, in_memory).map_err(OpenError::Io)?;
         let start = match &dir {
             Some(d) => [d.as_bytes(), b"/"].concat(),
             None => Vec::new(),
@@ -125,8 +122,9 @@ impl Walk {
             stack: vec![Level {
                 fd,
                 prefix: Vec::new(),
-                names: names.into_iter(),
+                names,
             }],
+            in_memory,
         })
     }
 
@@ -142,9 +140,21 @@ impl Iterator for Walk {
     fn next(&mut self) -> Option<Entry> {
         loop {
             let level = self.stack.last_mut()?;
-            let Some((name, kind)) = level.names.next() else {
-                self.stack.pop();
-                continue;
+            let (name, kind) = match level.names.next_name() {
+                Some(Ok(name)) => name,
+                None => {
+                    self.stack.pop();
+                    continue;
+                }
+                // The rest of this directory is lost, not the walk.
+                Some(Err(e)) => {
+                    let mut path = self.stack.pop().expect("a level").prefix;
+                    path.pop();
+                    return Some(Entry::Error {
+                        path,
+                        error: OpenError::Io(e),
+                    });
+                }
             };
             let mut path = Vec::with_capacity(level.prefix.len() + name.len() + 1);
             path.extend_from_slice(&level.prefix);
@@ -155,13 +165,13 @@ impl Iterator for Walk {
             };
             match kind {
                 Kind::Dir => match open_subdir(&level.fd, &name) {
-                    Ok(fd) => match read_sorted(&fd) {
+                    Ok(fd) => match Listing::read(&fd, self.in_memory) {
                         Ok(names) => {
                             path.push(b'/');
                             self.stack.push(Level {
                                 fd,
                                 prefix: path,
-                                names: names.into_iter(),
+                                names,
                             });
                         }
                         Err(e) => {
@@ -215,57 +225,23 @@ fn open_subdir(parent: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
     crate::sys::openat(parent.as_raw_fd(), &c, flags, 0)
 }
 
-fn kind_at(dir: &OwnedFd, name: &[u8]) -> Kind {
-    let Ok(c) = CString::new(name) else {
-        return Kind::Unknown;
-    };
-    match crate::sys::file_type_at(dir.as_raw_fd(), &c) {
-        Ok(libc::S_IFDIR) => Kind::Dir,
-        Ok(libc::S_IFREG) => Kind::File,
-        Ok(libc::S_IFLNK) => Kind::Symlink,
-        Ok(_) => Kind::Special,
-        Err(_) => Kind::Unknown,
-    }
-}
-
-/// The names in a directory (not "." or ".."), sorted byte-wise with
-/// directories as "name/".
-fn read_sorted(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, Kind)>> {
-    let mut names: Vec<(Vec<u8>, Kind)> = crate::sys::read_dir(dir.as_raw_fd())?
-        .into_iter()
-        .map(|(name, d_type)| {
-            let kind = match d_type {
-                libc::DT_DIR => Kind::Dir,
-                libc::DT_REG => Kind::File,
-                libc::DT_LNK => Kind::Symlink,
-                libc::DT_UNKNOWN => Kind::Unknown,
-                _ => Kind::Special,
-            };
-            (name, kind)
-        })
-        .collect();
-    // An unknown kind may be a directory: ask before sorting.
-    for (name, kind) in &mut names {
-        if *kind == Kind::Unknown {
-            *kind = kind_at(dir, name);
-        }
-    }
-    names.sort_by(|(a, ka), (b, kb)| {
-        let a = a.iter().chain((*ka == Kind::Dir).then_some(&b'/'));
-        let b = b.iter().chain((*kb == Kind::Dir).then_some(&b'/'));
-        a.cmp(b)
-    });
-    Ok(names)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::listing::SORT_IN_MEMORY;
     use std::os::unix::fs::symlink;
 
     fn paths(root: &Arc<Root>, dir: Option<&str>) -> Vec<String> {
+        let all = paths_sorting(root, dir, SORT_IN_MEMORY);
+        // Every directory sorted in spilled runs of one or two names: the same.
+        assert_eq!(paths_sorting(root, dir, 1), all);
+        assert_eq!(paths_sorting(root, dir, 2), all);
+        all
+    }
+
+    fn paths_sorting(root: &Arc<Root>, dir: Option<&str>, in_memory: usize) -> Vec<String> {
         let dir = dir.map(|d| RelPath::parse(d).unwrap());
-        let walk = Walk::new(root.clone(), dir).unwrap();
+        let walk = Walk::new(root.clone(), dir, in_memory).unwrap();
         let opener = walk.opener();
         walk.map(|e| {
             let tag = match &e {
@@ -312,11 +288,11 @@ mod tests {
         );
         assert_eq!(paths(&root, Some("a")), ["b/c", "z"]);
         assert!(matches!(
-            Walk::new(root.clone(), Some(RelPath::parse("a.txt").unwrap())),
+            Walk::new(root.clone(), Some(RelPath::parse("a.txt").unwrap()), 1),
             Err(OpenError::NotAFile)
         ));
         assert!(matches!(
-            Walk::new(root.clone(), Some(RelPath::parse("nope").unwrap())),
+            Walk::new(root.clone(), Some(RelPath::parse("nope").unwrap()), 1),
             Err(OpenError::NotFound)
         ));
     }

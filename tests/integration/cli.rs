@@ -124,7 +124,7 @@ fn hash_r_of_a_wide_mixed_tree_is_what_sha256sum_prints() {
         // Directories and files share a parent, some names sort around
         // "d3/" ("d3.x" < "d3/" < "d30"), sizes cycle through empty, a
         // few bytes, 4 KiB, 300 KB (four overflow a group's 1 MiB) and,
-        // now and then, more than a piece (1 MiB).
+        // now and then, more than a piece (1 MiB) or than a mapping (4 MiB).
         let sub = match i % 7 {
             0 => t.clone(),
             k => t.join(format!("d{}", (i / 7) % 40)).join(format!("s{k}")),
@@ -136,6 +136,8 @@ fn hash_r_of_a_wide_mixed_tree_is_what_sha256sum_prints() {
             2 => 4096,
             3 => 300_000,
             _ if i % 97 == 4 => (1 << 20) + 12_345,
+            // Three of the command line's 4 MiB mappings, the last partial.
+            _ if i == 9 => (9 << 20) + 4_099,
             _ => 4096 + i as usize,
         };
         std::fs::write(sub.join(format!("f{i:03}")), pseudo_random(len, i)).unwrap();

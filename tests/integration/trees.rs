@@ -240,3 +240,124 @@ fn b3sum_reads_blake3_manifests() {
     assert!(ok, "b3sum -c refused it (or b3sum is missing):\n{out}");
     assert_eq!(out.matches(": OK").count(), 9, "{out}");
 }
+
+/// A directory of more names than a walk sorts in memory (lowered here to
+/// 100) is read in sorted runs through a temporary file and merged: the
+/// manifest, the command line's `hash -r` and its `check` come out exactly
+/// as `find | sort | sha256sum` (and read nothing when the temporary file
+/// cannot be made: an error, not a wrong order).
+#[test]
+fn a_directory_bigger_than_the_sort_memory_comes_out_sorted() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::create_dir(&big).unwrap();
+    for i in 0..2_500u64 {
+        // Hashed names (no order on disk to lean on), a few directories
+        // with neighbours around their '/' ("n.x" < "n/" < "n0"), one of
+        // them itself too big for memory.
+        let name = format!("{:08x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32);
+        if i % 500 == 0 {
+            let sub = big.join(&name);
+            std::fs::create_dir(&sub).unwrap();
+            let count = if i == 0 { 250 } else { 3 };
+            for j in 0..count {
+                std::fs::write(sub.join(format!("s{j:03}")), format!("{i}/{j}")).unwrap();
+            }
+            std::fs::write(big.join(format!("{name}.x")), b"dot").unwrap();
+            std::fs::write(big.join(format!("{name}0")), b"zero").unwrap();
+        } else {
+            std::fs::write(big.join(&name), i.to_string()).unwrap();
+        }
+    }
+    let (ok, want) = sh(
+        dir.path(),
+        "cd big && find . -type f -printf '%P\\0' | sort -z | xargs -0 sha256sum",
+    );
+    assert!(ok, "{want}");
+    assert_eq!(want.lines().count(), 2_500 - 5 + 250 + 4 * 3 + 10);
+
+    let srv = Server::start(dir.path(), &["--dir-sort-names", "100"]);
+    let r = srv.get("/manifest/big?format=sha256sum");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text() == want,
+        "GET /manifest differs from find | sort:\n{}",
+        r.text()
+    );
+    let lines = ndjson(&srv.get("/manifest/big").body);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["files"], want.lines().count());
+    assert_eq!(summary["errors"], 0);
+    let (ok, sum) = sh(
+        dir.path(),
+        "cd big && find . -type f -printf '%P\\0' | sort -z | xargs -0 sha256sum | sha256sum",
+    );
+    assert!(ok, "{sum}");
+    assert_eq!(
+        summary["manifest_sha256"].as_str(),
+        sum.split_whitespace().next()
+    );
+
+    // The command line, by flag and by environment.
+    let hash = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("hash").arg("-r").args(args).arg(".");
+        cmd.current_dir(&big);
+        clean_env(&mut cmd);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let dotted: String = want
+        .lines()
+        .map(|l| l.replacen("  ", "  ./", 1) + "\n")
+        .collect();
+    for out in [
+        hash(&[], &["--dir-sort-names", "100"]),
+        hash(&[("HASHPRESS_DIR_SORT_NAMES", "7")], &[]),
+    ] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == dotted.as_bytes(),
+            "hash -r differs from find | sort:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // Spilling really happens: with nowhere to spill, the walk fails.
+    let out = hash(
+        &[("TMPDIR", "/nonexistent/tmp")],
+        &["--dir-sort-names", "100"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let out = hash(&[("TMPDIR", "/nonexistent/tmp")], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // check walks the same way and finds every file.
+    std::fs::write(dir.path().join("SUMS"), &want).unwrap();
+    let mut check = Command::new(BIN);
+    check.args(["check", "--dir-sort-names", "100", "-C", "big", "SUMS"]);
+    check.current_dir(dir.path());
+    clean_env(&mut check);
+    let out = check.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches(": OK\n").count(),
+        want.lines().count(),
+        "{text}"
+    );
+}
