@@ -68,6 +68,25 @@ pub fn socket_option(fd: &impl AsRawFd, opt: libc::c_int) -> io::Result<libc::c_
     Ok(val)
 }
 
+/// Makes a TCP socket acknowledge the data it has received at once instead
+/// of after the delayed-ACK timer (TCP_QUICKACK). The kernel drops back to
+/// delayed ACKs by itself (after the socket sends), so callers set it again
+/// before each read.
+pub fn quick_ack(fd: &impl AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `on`.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// A pipe, both ends close-on-exec: (read, write).
 pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];

@@ -16,6 +16,7 @@
 
 pub mod local;
 pub mod s3;
+mod s3_client;
 
 use std::fmt;
 use std::future::Future;
