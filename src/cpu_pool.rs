@@ -139,7 +139,8 @@ struct Shared {
     limits: PoolLimits,
     /// Origin of job keys (nanoseconds since it).
     epoch: Instant,
-    /// Moving average of job run times (ns): the estimate for a lane's first job.
+    /// Moving average of job costs (CPU ns, `job_cost`): the estimate for a
+    /// lane's first job.
     mean_job: AtomicU64,
     /// Estimates (ns) of the jobs running now.
     running: AtomicU64,
@@ -177,13 +178,24 @@ struct Sched {
 
 /// What a queued job is told when a thread takes it.
 enum Go {
-    /// Run, started at this instant.
-    Run(Instant),
+    /// Run, started at `started`, the thread's CPU clock reading `cpu`.
+    Run { started: Instant, cpu: Duration },
     /// Its deadline passed while it waited this long.
     Expired(Duration),
 }
 
-type Job = Box<dyn FnOnce(Go) + Send + 'static>;
+/// A queued job. It returns the thread's CPU clock after it ran (`None`:
+/// not run), which is the next job's starting reading: one clock read a job.
+type Job = Box<dyn FnOnce(Go) -> Option<Duration> + Send + 'static>;
+
+/// What a job cost: the CPU time its thread used, never more than the wall
+/// time it took. Wall time alone counts the time the thread was preempted
+/// (by the HTTP threads, by a compiler next door): one burst of that taught
+/// the pool a cost per byte several times too high and shed requests of a
+/// load it carries easily.
+fn job_cost(started: Instant, cpu_before: Duration, cpu_after: Duration) -> Duration {
+    cpu_after.saturating_sub(cpu_before).min(started.elapsed())
+}
 
 struct Entry {
     key: u64,
@@ -220,7 +232,7 @@ impl Ord for Entry {
 struct LaneStats {
     /// CPU time its jobs have used (ns).
     used: AtomicU64,
-    /// Run time of its last job (ns), the estimate for its next one.
+    /// Cost of its last job (CPU ns, `job_cost`), the estimate for its next one.
     last: AtomicU64,
     /// What it declared (`Lane::plan`): the operation, its bytes and the
     /// CPU time (ns) they were expected to take.
@@ -592,19 +604,25 @@ where
     let job: Job = Box::new(move |go| {
         // The requester is gone (client disconnected): skip the work.
         if tx.is_closed() {
-            return;
+            return None;
         }
-        let _ = tx.send(match go {
-            Go::Run(started) => {
+        let (result, clock) = match go {
+            Go::Run { started, cpu } => {
                 let r = f();
-                lane.record(started.elapsed());
-                Ok(r)
+                let clock = crate::sys::thread_cpu_time();
+                lane.record(job_cost(started, cpu, clock));
+                (Ok(r), Some(clock))
             }
-            Go::Expired(waited) => Err(PoolError::Overloaded {
-                reason: ShedReason::Wait,
-                backlog: waited,
-            }),
-        });
+            Go::Expired(waited) => (
+                Err(PoolError::Overloaded {
+                    reason: ShedReason::Wait,
+                    backlog: waited,
+                }),
+                None,
+            ),
+        };
+        let _ = tx.send(result);
+        clock
     });
     (job, rx)
 }
@@ -633,6 +651,9 @@ fn lower_priority(priority: PoolPriority) {
 
 fn worker_loop(sh: &Shared) {
     lower_priority(sh.limits.priority);
+    // The thread's CPU clock after its last job: what the loop itself uses
+    // between jobs (a lock, a heap pop) is counted in the next job's cost.
+    let mut cpu = crate::sys::thread_cpu_time();
     loop {
         let entry = {
             let mut s = sh.lock();
@@ -663,15 +684,22 @@ fn worker_loop(sh: &Shared) {
         sh.stats.pool_started(started - enqueued);
         if deadline.is_some_and(|d| started > d) {
             sh.stats.add_pool_rejected(ShedReason::Wait);
-            job(Go::Expired(started - enqueued));
+            let _ = job(Go::Expired(started - enqueued));
             sh.stats.pool_finished();
             continue;
         }
         sh.running.fetch_add(estimate, Ordering::Relaxed);
         // A panicking job must not take the thread with it; its requester sees
         // the dropped sender as `PoolError::Failed`.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Go::Run(started))));
-        let took = started.elapsed().as_nanos() as u64;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            job(Go::Run { started, cpu })
+        }));
+        let took = match ran {
+            Ok(Some(clock)) => job_cost(started, std::mem::replace(&mut cpu, clock), clock),
+            // Skipped, or panicked: its time is counted in the next job.
+            _ => started.elapsed(),
+        }
+        .as_nanos() as u64;
         sh.running.fetch_sub(estimate, Ordering::Relaxed);
         // mean += (took - mean) / 8, racing threads may lose an update: fine
         // for an estimate.
@@ -713,19 +741,36 @@ mod tests {
         .expect("condition not reached in 10 s");
     }
 
+    /// Stands for `d` of CPU work: spins until the thread's CPU clock has
+    /// advanced by `d` (the pool learns costs from that clock; a sleep
+    /// costs nothing).
+    fn work(d: Duration) {
+        let end = crate::sys::thread_cpu_time() + d;
+        while crate::sys::thread_cpu_time() < end {
+            std::hint::spin_loop();
+        }
+    }
+
     /// Occupies the pool's only thread until the returned barrier is passed.
+    ///
+    /// It waits for the job itself to start: the pool's busy count can
+    /// still hold the previous job, whose requester has its answer before
+    /// the thread counts it finished.
     async fn occupy(pool: &CpuPool) -> (Arc<Barrier>, tokio::task::JoinHandle<()>) {
         let gate = Arc::new(Barrier::new(2));
         let g = Arc::clone(&gate);
+        let started = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&started);
         let lane = pool.lane();
         let busy = tokio::spawn(async move {
             lane.try_run(move || {
+                s.store(true, Ordering::SeqCst);
                 g.wait();
             })
             .await
             .unwrap()
         });
-        until(|| pool.stats().pool_busy() == 1).await;
+        until(|| started.load(Ordering::SeqCst)).await;
         (gate, busy)
     }
 
@@ -799,7 +844,7 @@ mod tests {
         let pool = pool(1, 10_000, Duration::from_millis(200));
         // Teach the pool what a job costs: 20 ms each.
         for _ in 0..30 {
-            pool.try_run(|| thread::sleep(Duration::from_millis(20)))
+            pool.try_run(|| work(Duration::from_millis(20)))
                 .await
                 .unwrap();
         }
@@ -811,9 +856,7 @@ mod tests {
             let lane = pool.lane();
             let (tx, rx) = oneshot::channel();
             let t = tokio::spawn(async move {
-                let r = lane
-                    .try_run(|| thread::sleep(Duration::from_millis(1)))
-                    .await;
+                let r = lane.try_run(|| work(Duration::from_millis(1))).await;
                 let _ = tx.send(());
                 r
             });
@@ -897,10 +940,7 @@ mod tests {
     async fn a_fresh_request_goes_before_a_heavy_one() {
         let pool = pool(1, 16, Duration::from_secs(10));
         let heavy = pool.lane();
-        heavy
-            .run(|| thread::sleep(Duration::from_millis(30)))
-            .await
-            .unwrap();
+        heavy.run(|| work(Duration::from_millis(30))).await.unwrap();
         let (gate, busy) = occupy(&pool).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let o = Arc::clone(&order);
@@ -958,9 +998,7 @@ mod tests {
         let lane = pool.lane();
         lane.plan(WorkKind::Hash, 8 << 20).unwrap();
         // 8 MiB in 80 ms: ~9,500 ps a byte, far above the first guess.
-        lane.run(|| thread::sleep(Duration::from_millis(80)))
-            .await
-            .unwrap();
+        lane.run(|| work(Duration::from_millis(80))).await.unwrap();
         lane.done();
         let learned = cost(WorkKind::Hash);
         assert!(learned > 2_500 && learned < 9_500, "{learned}");
@@ -969,12 +1007,31 @@ mod tests {
         // A small request teaches nothing.
         let small = pool.lane();
         small.plan(WorkKind::Hash, 64 << 10).unwrap();
-        small
-            .run(|| thread::sleep(Duration::from_millis(50)))
-            .await
-            .unwrap();
+        small.run(|| work(Duration::from_millis(50))).await.unwrap();
         small.done();
         assert_eq!(cost(WorkKind::Hash), learned);
+    }
+
+    /// A job's cost is the CPU time it used: the time its thread spent off
+    /// the core (preempted by a busy neighbour, here a sleep) is not work,
+    /// and must not teach the pool that bytes are dearer than they are.
+    #[tokio::test]
+    async fn costs_are_cpu_time_not_wall_time() {
+        let pool = pool(1, 16, Duration::from_secs(1));
+        let lane = pool.lane();
+        lane.plan(WorkKind::Gzip, 8 << 20).unwrap();
+        // 8 MiB "in" 200 ms of wall time: 25,000 ps a byte if wall time counted.
+        lane.run(|| thread::sleep(Duration::from_millis(200)))
+            .await
+            .unwrap();
+        assert!(
+            lane.stats.used.load(Ordering::Relaxed) < 20_000_000,
+            "a sleeping job was charged its wall time"
+        );
+        lane.done();
+        let learned = pool.shared.cost_ps[WorkKind::Gzip as usize].load(Ordering::Relaxed);
+        assert!(learned < FIRST_COST_PS[1], "{learned}");
+        assert!(pool.shared.mean_job.load(Ordering::Relaxed) < 20_000_000);
     }
 
     /// A backlog made of a heavy request's penalized chunks does not shed a
@@ -983,10 +1040,7 @@ mod tests {
     async fn penalized_work_does_not_count_against_fresh_requests() {
         let pool = pool(1, 64, Duration::from_millis(50));
         let heavy = pool.lane();
-        heavy
-            .run(|| thread::sleep(Duration::from_millis(40)))
-            .await
-            .unwrap();
+        heavy.run(|| work(Duration::from_millis(40))).await.unwrap();
         let (gate, busy) = occupy(&pool).await;
         // Ten queued chunks of ~40 ms each: 400 ms of work, all penalized.
         let mut chunks = Vec::new();
