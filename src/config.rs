@@ -181,12 +181,10 @@ pub struct WalkArgs {
 }
 
 impl WalkArgs {
-    /// How the command line reads a tree: big files through mappings (a
-    /// one-shot tool, like b3sum; see `sys::map_file`).
+    /// How the command line reads a tree: as the server does.
     pub fn options(&self) -> crate::tree::manifest::Options {
         crate::tree::manifest::Options {
             sort_in_memory: self.dir_sort_names,
-            map_files: true,
         }
     }
 }

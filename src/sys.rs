@@ -8,6 +8,8 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -401,57 +403,337 @@ pub fn pread_nowait(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize>
     Ok(n as usize)
 }
 
-/// A read-only mapping of the first bytes of a file, unmapped when dropped.
-pub struct Mapped {
+/// Most windows mapped at once across the process; a job that finds none
+/// free reads instead. Pool jobs map one each, and pools are far smaller.
+const WINDOWS: usize = 256;
+
+/// One registered window: the address range a job has mapped, and whether a
+/// page of it was found past the end of the file. Written by its owner,
+/// read by the SIGBUS handler of whichever thread faults.
+struct Window {
+    /// Claimed by a job (compare-and-swap); the range is set after.
+    taken: AtomicBool,
+    /// First mapped address; 0 while no range is registered. Stored last
+    /// (Release) when registering and first when leaving, so a handler
+    /// that sees it non-zero sees the `end` that goes with it.
+    start: AtomicUsize,
+    end: AtomicUsize,
+    /// Set by the handler: the job read zeros for a page the file no
+    /// longer has.
+    faulted: AtomicBool,
+}
+
+/// The registry the SIGBUS handler consults: fixed, static, lock-free,
+/// because a signal handler may not take a lock or allocate.
+static GUARDED: [Window; WINDOWS] = [const {
+    Window {
+        taken: AtomicBool::new(false),
+        start: AtomicUsize::new(0),
+        end: AtomicUsize::new(0),
+        faulted: AtomicBool::new(false),
+    }
+}; WINDOWS];
+
+/// The page size, read once before the handler can run (it needs it, and
+/// sysconf is not on the async-signal-safe list).
+static PAGE: AtomicUsize = AtomicUsize::new(0);
+
+/// SIGBUS's action before ours, for faults that are not in a window: the
+/// standard library's guard-page handler, a sanitizer's, or the default.
+static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+
+/// Whether the handler is in place (errno if it could not be installed).
+static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+
+/// The handler: a fault inside a registered window gets a page of zeros
+/// mapped over the missing one and is marked, so the read resumes and its
+/// job learns afterwards that the file shrank; any other SIGBUS goes to the
+/// previous action. Only atomics, `mmap` and `sigaction` (plain system
+/// calls) run here.
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // si_code > 0: raised by the kernel for an access, not sent by kill().
+    if code > 0 {
+        let page = PAGE.load(Ordering::Relaxed);
+        for w in &GUARDED {
+            let start = w.start.load(Ordering::Acquire);
+            if start == 0 || addr < start || addr >= w.end.load(Ordering::Relaxed) {
+                continue;
+            }
+            // SAFETY: replaces one page of this job's own mapping (the
+            // window is registered, so still mapped, and only read) with
+            // anonymous zeros; no other memory is touched.
+            let zero = unsafe {
+                libc::mmap(
+                    (addr & !(page - 1)) as *mut libc::c_void,
+                    page,
+                    libc::PROT_READ,
+                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if zero != libc::MAP_FAILED {
+                w.faulted.store(true, Ordering::Release);
+                return;
+            }
+            break;
+        }
+    }
+    chain(sig, info, ctx);
+}
+
+/// Hands a SIGBUS that is not ours to the action installed before ours.
+fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let prev = PREVIOUS.get();
+    let handler = prev.map_or(libc::SIG_DFL, |p| p.sa_sigaction);
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        // The default action, as if we had never been here: a fault that
+        // returns runs again and now kills (with a core); a SIGBUS sent by
+        // kill() is raised again, delivered once this handler returns. An
+        // ignored SIGBUS from a fault would loop forever: default too.
+        // SAFETY: sigaction and raise are async-signal-safe; all-zero is a
+        // valid `struct sigaction` (empty mask, no flags) before SIG_DFL.
+        unsafe {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            // SAFETY: as above.
+            if (*info).si_code <= 0 {
+                libc::raise(sig);
+            }
+        }
+        return;
+    }
+    let prev = prev.expect("a handler other than SIG_DFL was recorded");
+    if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        type Action = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+        // SAFETY: an SA_SIGINFO action's handler has this signature, and
+        // gets the arguments the kernel gave us.
+        let f = unsafe { std::mem::transmute::<libc::sighandler_t, Action>(handler) };
+        f(sig, info, ctx);
+    } else {
+        type Handler = extern "C" fn(libc::c_int);
+        // SAFETY: a plain action's handler takes the signal number only.
+        let f = unsafe { std::mem::transmute::<libc::sighandler_t, Handler>(handler) };
+        f(sig);
+    }
+}
+
+/// Installs `on_sigbus` once for the process; later calls only report how
+/// the first went.
+fn install_guard() -> io::Result<()> {
+    let done = INSTALLED.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        PAGE.store(
+            if page > 0 { page as usize } else { 4096 },
+            Ordering::Relaxed,
+        );
+        // SAFETY: all-zero is a valid `struct sigaction` to be filled by
+        // the query; the query changes nothing.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: reads the current action into `old`.
+        if unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) } != 0 {
+            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
+        }
+        // Recorded before ours is installed: the handler chains to it.
+        let _ = PREVIOUS.set(old);
+        // SAFETY: as above.
+        let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+        new.sa_sigaction = on_sigbus as *const () as libc::sighandler_t;
+        // SA_ONSTACK: a SIGBUS from a stack overflow still finds the
+        // alternate stack the standard library set up, and reaches its
+        // handler through ours.
+        new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // SAFETY: installs a handler that only makes async-signal-safe calls.
+        if unsafe { libc::sigaction(libc::SIGBUS, &new, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
+        }
+        Ok(())
+    });
+    done.map_err(io::Error::from_raw_os_error)
+}
+
+/// A read-only window of a file mapped from the page cache, registered with
+/// the SIGBUS guard; unregistered and unmapped when dropped.
+pub struct GuardedMap {
     ptr: *mut libc::c_void,
+    /// Bytes mapped, from the page boundary at or before the offset asked.
+    mapped: usize,
+    /// Where the bytes asked start in the mapping, and how many.
+    skip: usize,
     len: usize,
+    window: &'static Window,
 }
 
-// SAFETY: read-only memory that this value alone unmaps; shared reads from
-// any thread are fine.
-unsafe impl Send for Mapped {}
+// SAFETY: read-only memory that this value alone unmaps; reads from any
+// thread are fine (a fault is handled on whichever thread takes it).
+unsafe impl Send for GuardedMap {}
 // SAFETY: as above.
-unsafe impl Sync for Mapped {}
+unsafe impl Sync for GuardedMap {}
 
-impl Mapped {
+impl GuardedMap {
+    /// The bytes of the window. Where the file was cut short after the
+    /// mapping was made they read as zeros, and `shrank` then says so: use
+    /// them only for what is discarded on `shrank` (a digest), never to
+    /// send or write.
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `len` bytes mapped readable at `ptr` until drop.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+        // SAFETY: `mapped` bytes are mapped readable at `ptr` until drop,
+        // and `skip + len <= mapped`. A page past the file's end reads as
+        // zeros (the guard maps them), never as a fault.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>().add(self.skip), self.len) }
+    }
+
+    /// Whether a read of `bytes` found a page past the file's end: the file
+    /// shrank after it was mapped, and whatever was computed from the bytes
+    /// is not of any version of the file. A file cut within the last page
+    /// reads zeros without a fault: callers compare the size afterwards too.
+    pub fn shrank(&self) -> bool {
+        self.window.faulted.load(Ordering::Acquire)
     }
 }
 
-impl Drop for Mapped {
+impl Drop for GuardedMap {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `map_file`, unmapped once.
-        unsafe { libc::munmap(self.ptr, self.len) };
+        // Unregistered before unmapped: once the range can be reused by
+        // another mapping, no handler mistakes a fault there for ours.
+        self.window.start.store(0, Ordering::Release);
+        self.window.taken.store(false, Ordering::Release);
+        // SAFETY: the mapping made in `map_guarded`, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.mapped) };
     }
 }
 
-/// Maps `len` (> 0) bytes of the regular file `fd` from `offset` (a
-/// multiple of the page size) read-only and faults them in, so they are
-/// hashed where the page cache holds them, without a copy.
-///
-/// Contract, which the caller keeps: only a one-shot command line uses it.
-/// If another process truncates the file while it is read, the access
-/// past the new end raises SIGBUS and ends the process (as for `b3sum`);
-/// a server must read (`pread`) instead.
-pub fn map_file(fd: &impl AsRawFd, offset: u64, len: usize) -> io::Result<Mapped> {
+/// Maps `len` (> 0) bytes of the regular file `fd` from `offset` read-only,
+/// faulted in at once, so they are hashed where the page cache holds them,
+/// without a copy. A file truncated by another process meanwhile does not
+/// raise SIGBUS in the reader (which would end the process): the missing
+/// pages read as zeros and `GuardedMap::shrank` tells. `Ok(None)` when every
+/// window is in use: read instead.
+pub fn map_guarded(fd: &impl AsRawFd, offset: u64, len: usize) -> io::Result<Option<GuardedMap>> {
     if len == 0 {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
+    install_guard()?;
+    let Some(window) = GUARDED.iter().find(|w| {
+        w.taken
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }) else {
+        return Ok(None);
+    };
+    let page = PAGE.load(Ordering::Relaxed) as u64;
+    let skip = (offset % page) as usize;
+    let mapped = skip + len;
     // SAFETY: a new private read-only mapping; no existing memory touched.
     let ptr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            len,
+            mapped,
             libc::PROT_READ,
             libc::MAP_PRIVATE | libc::MAP_POPULATE,
             fd.as_raw_fd(),
-            offset as libc::off_t,
+            (offset - skip as u64) as libc::off_t,
         )
     };
     if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        window.taken.store(false, Ordering::Release);
+        return Err(e);
     }
-    Ok(Mapped { ptr, len })
+    window.faulted.store(false, Ordering::Relaxed);
+    window.end.store(ptr as usize + mapped, Ordering::Relaxed);
+    window.start.store(ptr as usize, Ordering::Release);
+    Ok(Some(GuardedMap {
+        ptr,
+        mapped,
+        skip,
+        len,
+        window,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_of(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        f.flush().unwrap();
+        (f, data)
+    }
+
+    /// A window at any offset (page-aligned or not) gives the file's bytes.
+    #[test]
+    fn windows_read_the_file() {
+        let (f, data) = file_of(3 << 20);
+        for (off, len) in [
+            (0, 1 << 20),
+            (4096, 8192),
+            (12345, 1 << 20),
+            ((3 << 20) - 10, 10),
+        ] {
+            let m = map_guarded(f.as_file(), off as u64, len).unwrap().unwrap();
+            assert_eq!(m.bytes(), &data[off..off + len]);
+            assert!(!m.shrank());
+        }
+    }
+
+    /// Truncated after it was mapped: the read past the new end does not
+    /// kill the process, and the window says the file shrank; the next
+    /// window of the same thread starts clean.
+    #[test]
+    fn truncated_window_reads_as_shrunk() {
+        let (f, data) = file_of(2 << 20);
+        let m = map_guarded(f.as_file(), 0, 2 << 20).unwrap().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let bytes = m.bytes();
+        // Every page is read, as a hasher would.
+        let sum: u64 = bytes.iter().map(|&b| b as u64).sum();
+        assert!(m.shrank());
+        assert_eq!(&bytes[..1 << 20], &data[..1 << 20]);
+        assert!(bytes[1 << 20..].iter().all(|&b| b == 0));
+        assert!(sum > 0);
+        drop(m);
+        let m = map_guarded(f.as_file(), 0, 1 << 20).unwrap().unwrap();
+        assert_eq!(m.bytes(), &data[..1 << 20]);
+        assert!(!m.shrank());
+    }
+
+    /// A SIGBUS outside every window still reaches the previous action: a
+    /// child process that reads past the end of an unguarded mapping dies
+    /// of SIGBUS, with the guard installed.
+    #[test]
+    fn foreign_sigbus_still_kills() {
+        let (f, _) = file_of(1 << 20);
+        install_guard().unwrap();
+        // SAFETY: fork in a test; the child only maps, truncates, reads and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: in the child: a private mapping read past the file's end.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    1 << 20,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    f.as_file().as_raw_fd(),
+                    0,
+                );
+                libc::ftruncate(f.as_file().as_raw_fd(), 0);
+                let v = std::ptr::read_volatile(p.cast::<u8>().add(8192));
+                libc::_exit(v as i32 + 100);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGBUS);
+    }
 }

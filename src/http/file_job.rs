@@ -201,8 +201,24 @@ impl Source {
     /// client goes away, this future is dropped and no further job is queued.
     pub async fn step<S, R>(
         &mut self,
+        state: S,
+        f: impl FnOnce(&mut S, &[u8]) -> Result<R, ApiError> + Send + 'static,
+    ) -> Result<(S, Option<R>), ApiError>
+    where
+        S: Send + 'static,
+        R: Send + 'static,
+    {
+        self.step_with(state, f, false).await
+    }
+
+    /// `step`; with `mapped`, a big enough local piece is given to `f`
+    /// straight from the page cache (`Piece::with_bytes_mapped`), and `f`'s
+    /// state must then be one the caller drops on an error.
+    async fn step_with<S, R>(
+        &mut self,
         mut state: S,
         f: impl FnOnce(&mut S, &[u8]) -> Result<R, ApiError> + Send + 'static,
+        mapped: bool,
     ) -> Result<(S, Option<R>), ApiError>
     where
         S: Send + 'static,
@@ -217,22 +233,28 @@ impl Source {
         let hasher = self.check.as_ref().map(|(_, h, _)| Arc::clone(h));
         self.lane
             .run(move || {
-                let r = piece
-                    .with_bytes(|bytes| {
-                        if let Some(h) = &hasher
-                            && let Some(h) = h.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
-                        {
-                            h.update(bytes);
-                        }
-                        f(&mut state, bytes)
-                    })
-                    .map_err(|e| ApiError::from_storage(e, &shown, false))??;
+                let use_bytes = |bytes: &[u8]| {
+                    if let Some(h) = &hasher
+                        && let Some(h) = h.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+                    {
+                        h.update(bytes);
+                    }
+                    f(&mut state, bytes)
+                };
+                let r = if mapped {
+                    piece.with_bytes_mapped(use_bytes)
+                } else {
+                    piece.with_bytes(use_bytes)
+                };
+                let r = r.map_err(|e| ApiError::from_storage(e, &shown, false))??;
                 Ok((state, Some(r)))
             })
             .await?
     }
 
-    /// Runs `f` on every piece, in order, one pool job each.
+    /// Runs `f` on every piece, in order, one pool job each. Local pieces
+    /// come from guarded mappings, without a copy: `state` is a digest
+    /// being computed, dropped if the source shrank (`Changed`).
     pub async fn fold<S: Send + 'static>(
         &mut self,
         mut state: S,
@@ -240,10 +262,14 @@ impl Source {
     ) -> Result<S, ApiError> {
         loop {
             let (s, more) = self
-                .step(state, move |s, bytes| {
-                    f(s, bytes);
-                    Ok(())
-                })
+                .step_with(
+                    state,
+                    move |s, bytes| {
+                        f(s, bytes);
+                        Ok(())
+                    },
+                    true,
+                )
                 .await?;
             state = s;
             if more.is_none() {

@@ -82,7 +82,9 @@ pub async fn manifest(
         dir,
         &algs,
         st.digest_cache.clone(),
-        Options::server(st.config.dir_sort_names),
+        Options {
+            sort_in_memory: st.config.dir_sort_names,
+        },
     )
     .await?;
     let primary = algs.as_slice()[0];
@@ -170,7 +172,9 @@ pub async fn check(
         dir,
         &algs,
         st.digest_cache.clone(),
-        Options::server(st.config.dir_sort_names),
+        Options {
+            sort_in_memory: st.config.dir_sort_names,
+        },
     )
     .await?;
     let each = |c: &mut Check, r: Record, out: &mut Vec<u8>| {

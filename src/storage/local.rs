@@ -102,6 +102,11 @@ impl ReadAt for LocalFile {
     fn read_at_now(&self, buf: &mut [u8], offset: u64) -> Option<io::Result<usize>> {
         crate::root::pread_now(&self.0, buf, offset)
     }
+
+    fn map(&self, offset: u64, len: usize) -> Option<crate::sys::GuardedMap> {
+        // A file system that cannot map (EINVAL, ENODEV) is read instead.
+        crate::sys::map_guarded(&self.0, offset, len).ok().flatten()
+    }
 }
 
 /// Read by offset, up to the size at open: a file that grows meanwhile is

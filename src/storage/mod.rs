@@ -175,6 +175,13 @@ pub trait ReadAt: Send + Sync {
     fn read_at_now(&self, _buf: &mut [u8], _offset: u64) -> Option<io::Result<usize>> {
         None
     }
+
+    /// `len` bytes at `offset` as a guarded mapping of the page cache (see
+    /// `sys::map_guarded`); `None` when the source is not a mappable file,
+    /// or no guard window is free: read instead.
+    fn map(&self, _offset: u64, _len: usize) -> Option<crate::sys::GuardedMap> {
+        None
+    }
 }
 
 impl Piece {
@@ -275,6 +282,26 @@ impl Piece {
         })
     }
 
+    /// `with_bytes` without the copy for a local piece of at least `MAP_MIN`
+    /// bytes: `f` reads them where the page cache holds them. If the file
+    /// was cut short meanwhile, `f` has seen zeros where bytes are missing
+    /// and the result is `Changed`: so `f` may only fold the bytes into
+    /// what the caller drops on an error (a digest), never send or write
+    /// them.
+    pub fn with_bytes_mapped<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, StorageError> {
+        if let Piece::At { src, offset, len } = self
+            && *len >= MAP_MIN
+            && let Some(map) = src.map(*offset, *len)
+        {
+            let r = f(map.bytes());
+            if map.shrank() {
+                return Err(StorageError::Changed("shrank while it was read".into()));
+            }
+            return Ok(r);
+        }
+        self.with_bytes(f)
+    }
+
     /// Calls `f` with the piece's bytes, reading them first if need be into
     /// this pool thread's buffer (pieces for jobs are at most `PIECE_MAX`).
     pub fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, StorageError> {
@@ -291,6 +318,10 @@ impl Piece {
 /// The largest piece a pool job takes: 1 MiB is ~0.5 ms of SHA-256 and
 /// ~10 ms of gzip, short enough to keep the queue moving.
 pub const PIECE_MAX: usize = 1 << 20;
+
+/// Smallest local piece hashed from a mapping rather than a copy: below it,
+/// the mmap, page-table and munmap calls cost about what copying does.
+pub const MAP_MIN: usize = 256 << 10;
 
 thread_local! {
     /// One read buffer per pool thread, reused by every job it runs.

@@ -13,11 +13,14 @@
 //!   Groups run side by side on every pool thread. A group hashes at most
 //!   `PIECE_MAX` bytes inline, so it stays a short job.
 //! - **Pieces**: a file too big for its group's budget is closed and left to
-//!   its own jobs of at most `PIECE_MAX` bytes, which reopen it: a tree of
+//!   its own jobs of at most `MAP_PIECE` bytes, which reopen it: a tree of
 //!   big files is many short jobs, never one long one, so the scheduler
 //!   keeps serving other requests beside it (and the lane's used CPU lowers
 //!   its priority against fresh small requests), and no file stays open
-//!   while it waits for its turn.
+//!   while it waits for its turn. Each job hashes its piece from a guarded
+//!   mapping of the page cache (`sys::map_guarded`), not a copy: a file
+//!   truncated meanwhile is a `source_changed` error record, never a crash
+//!   nor a wrong digest.
 //!
 //! At most `window` entries are in flight, and at most two listings' worth
 //! wait for a group; records come out in walk order, so the output is
@@ -28,6 +31,7 @@ use std::collections::VecDeque;
 use std::fs::{File, Metadata};
 use std::future::Future;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -45,7 +49,7 @@ use crate::error::ApiError;
 use crate::kernel::{AlgorithmList, Digests, MultiHasher};
 use crate::root::{RelPath, Root};
 use crate::storage::local::{identity, read_full};
-use crate::storage::{PIECE_MAX, with_buffer};
+use crate::storage::{MAP_MIN, PIECE_MAX, with_buffer};
 
 /// Entries the walk lists in one pool job: names only, ~1 µs each.
 const WALK_BATCH: usize = 256;
@@ -102,8 +106,6 @@ struct Hashing {
     opener: Opener,
     algs: AlgorithmList,
     cache: Option<Arc<DigestCache>>,
-    /// `Options::map_files`.
-    map_files: bool,
 }
 
 /// How a manifest reads the tree.
@@ -112,23 +114,12 @@ pub struct Options {
     /// Names of one directory sorted in memory (`--dir-sort-names`); a
     /// bigger directory is sorted through a temporary file (`Walk::new`).
     pub sort_in_memory: usize,
-    /// Hash big files from a mapping of the page cache instead of copying
-    /// them with `read`: only the command line (see `sys::map_file`).
-    pub map_files: bool,
 }
 
-impl Options {
-    /// What the server uses: reads, never mappings.
-    pub fn server(sort_in_memory: usize) -> Options {
-        Options {
-            sort_in_memory,
-            map_files: false,
-        }
-    }
-}
-
-/// Bytes of a mapped file one job hashes: mapping and unmapping cost a few
-/// microseconds, so pieces are bigger than `PIECE_MAX`'s reads.
+/// Bytes of a big file one job hashes, from a guarded mapping: mapping and
+/// unmapping cost a few microseconds, so pieces are bigger than
+/// `PIECE_MAX`'s reads. It bounds what a job holds mapped (file pages
+/// mapped count in RSS), whatever the file's size.
 const MAP_PIECE: usize = 4 << 20;
 
 /// A manifest being computed; `next` yields its records in walk order.
@@ -175,7 +166,6 @@ impl Manifest {
                 opener: walk.opener(),
                 algs: algs.clone(),
                 cache,
-                map_files: options.map_files,
             },
             walk: Some(walk),
             listing: None,
@@ -412,20 +402,25 @@ impl Hashing {
         };
         // Only a cache needs the time (a clock read per file otherwise).
         let started = self.cache.as_ref().map(|_| SystemTime::now());
-        let hashed = if self.map_files {
-            hash_mapped(&self.lane, file, &self.algs).await
-        } else {
-            hash_pieces(&self.lane, file, &self.algs).await
-        };
-        match hashed {
+        match hash_mapped(&self.lane, file, &self.algs).await {
             Ok((file, digests)) => {
                 self.remember(key, &file, &digests, started);
                 Ok(Record::File { path, digests })
             }
             Err(Trouble::Read(e)) => Ok(read_error(path, e)),
+            Err(Trouble::Shrank) => Ok(changed(path, "shrank")),
+            Err(Trouble::Changed) => Ok(changed(path, "changed")),
             Err(Trouble::Pool(e)) => Err(e),
         }
     }
+}
+
+/// The record of a file that `how` (shrank, changed) while it was hashed:
+/// no digest, as `GET /hash-file` answers 409 for it.
+fn changed(path: Vec<u8>, how: &str) -> Record {
+    let shown = String::from_utf8_lossy(&path);
+    let error = ApiError::SourceChanged(format!("'{shown}' {how} while it was read"));
+    Record::Error { path, error }
 }
 
 fn read_error(path: Vec<u8>, e: io::Error) -> Record {
@@ -467,6 +462,10 @@ fn hash_whole(file: &mut File, size: usize, algs: &AlgorithmList) -> io::Result<
 /// Why a file's pieces stopped.
 enum Trouble {
     Read(io::Error),
+    /// Shorter than its fstat said: truncated while it was read.
+    Shrank,
+    /// Written, truncated or touched while it was read.
+    Changed,
     Pool(PoolError),
 }
 
@@ -496,30 +495,73 @@ async fn hash_pieces(
     Ok((file, hasher.finish()))
 }
 
-/// Hashes an open file to the size its fstat gives, from mappings of
-/// `MAP_PIECE` bytes, one job each: no copy out of the page cache.
+/// Hashes an open file to the size its fstat gives, in jobs of `MAP_PIECE`
+/// bytes, each hashed from a guarded mapping (`sys::map_guarded`): no copy
+/// out of the page cache, and a file truncated meanwhile is `Shrank`, never
+/// a crash nor a digest of bytes it never held.
 async fn hash_mapped(
     lane: &Lane,
     file: File,
     algs: &AlgorithmList,
 ) -> Result<(File, Digests), Trouble> {
-    let size = file.metadata().map_err(Trouble::Read)?.len();
+    let before = file.metadata().map_err(Trouble::Read)?;
+    let size = before.len();
     let mut state = (file, MultiHasher::new(algs), 0u64);
     while state.2 < size {
         let (file, mut hasher, at) = state;
         state = lane
             .run(move || {
                 let len = (size - at).min(MAP_PIECE as u64) as usize;
-                let map = crate::sys::map_file(&file, at, len)?;
-                hasher.update(map.bytes());
-                Ok::<_, io::Error>((file, hasher, at + len as u64))
+                hash_window(&file, &mut hasher, at, len)?;
+                Ok((file, hasher, at + len as u64))
             })
             .await
-            .map_err(Trouble::Pool)?
-            .map_err(Trouble::Read)?;
+            .map_err(Trouble::Pool)??;
     }
     let (file, hasher, _) = state;
+    // A file cut within a page reads zeros past the cut without a fault,
+    // and may have grown back since: any change of identity (size, times)
+    // means the bytes hashed may be of no version of the file.
+    let after = file.metadata().map_err(Trouble::Read)?;
+    if identity(&after) != identity(&before) {
+        return Err(Trouble::Changed);
+    }
     Ok((file, hasher.finish()))
+}
+
+/// Hashes `len` bytes of `file` at `at`: from a guarded mapping, or read
+/// through this thread's buffer when the window is small, every guard
+/// window is taken, or the file system cannot map.
+fn hash_window(file: &File, hasher: &mut MultiHasher, at: u64, len: usize) -> Result<(), Trouble> {
+    if len >= MAP_MIN
+        && let Ok(Some(map)) = crate::sys::map_guarded(file, at, len)
+    {
+        hasher.update(map.bytes());
+        return if map.shrank() {
+            Err(Trouble::Shrank)
+        } else {
+            Ok(())
+        };
+    }
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(PIECE_MAX);
+        with_buffer(n, |buf| {
+            let mut filled = 0;
+            while filled < n {
+                match file.read_at(&mut buf[filled..], at + (done + filled) as u64) {
+                    Ok(0) => return Err(Trouble::Shrank),
+                    Ok(k) => filled += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Trouble::Read(e)),
+                }
+            }
+            hasher.update(buf);
+            Ok(())
+        })?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// Hashes one open file in `PIECE_MAX` jobs, as a manifest hashes a big one.
@@ -527,6 +569,8 @@ pub async fn hash_file(lane: Lane, path: Vec<u8>, file: File, algs: AlgorithmLis
     match hash_pieces(&lane, file, &algs).await {
         Ok((_, digests)) => Record::File { path, digests },
         Err(Trouble::Read(e)) => read_error(path, e),
+        Err(Trouble::Shrank) => changed(path, "shrank"),
+        Err(Trouble::Changed) => changed(path, "changed"),
         Err(Trouble::Pool(e)) => Record::Error {
             path,
             error: e.into(),
@@ -631,7 +675,9 @@ mod tests {
                 None,
                 &algs,
                 Some(cache.clone()),
-                Options::server(SORT_IN_MEMORY),
+                Options {
+                    sort_in_memory: SORT_IN_MEMORY,
+                },
             )
             .await
             .unwrap();

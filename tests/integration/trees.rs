@@ -361,3 +361,126 @@ fn a_directory_bigger_than_the_sort_memory_comes_out_sorted() {
         "{text}"
     );
 }
+
+/// Big files are hashed window by window from mappings of the page cache:
+/// files that span several windows, or end mid-page, or are just big
+/// enough to be mapped, digest as Python's hashlib and the BLAKE3 reference
+/// say, through `GET /hash-file` and `GET /manifest` alike.
+#[test]
+fn big_files_hash_as_the_references_do_across_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("big")).unwrap();
+    let sizes = [(9 << 20) + 12345, 5 << 20, (1 << 20) + 1, (256 << 10) + 1];
+    for (i, n) in sizes.iter().enumerate() {
+        let data = pseudo_random(*n, 40 + i as u64);
+        std::fs::write(dir.path().join(format!("big/f{i}")), data).unwrap();
+    }
+    let srv = Server::start(dir.path(), &[]);
+    let algs = "sha256,md5,blake3";
+    let mut wants = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let want = oracle(&dir.path().join(format!("big/f{i}")), algs);
+        let r = srv.get(&format!("/hash-file/big/f{i}?alg={algs}"));
+        assert_digests(&r, &want, *n);
+        wants.push(want);
+    }
+    let r = srv.get(&format!("/manifest/big?alg={algs}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines = ndjson(&r.body);
+    assert_eq!(lines.len(), sizes.len() + 1, "{}", r.text());
+    for (i, n) in sizes.iter().enumerate() {
+        let line = &lines[i];
+        assert_eq!(line["path"], format!("f{i}"));
+        assert_eq!(line["bytes"].as_u64(), Some(*n as u64), "{line}");
+        for (alg, hex) in &wants[i] {
+            assert_eq!(line[alg].as_str(), Some(hex.as_str()), "f{i} {alg}");
+        }
+    }
+    assert_eq!(lines[sizes.len()]["errors"], 0);
+}
+
+/// A file truncated while the server hashes it from a mapping (where a read
+/// past the new end raises SIGBUS): each answer is 409 `source_changed` (in
+/// a manifest, that error on the file's line) or the digest of the bytes
+/// the file held, never another one; and the serving process lives on.
+#[test]
+fn files_truncated_while_hashed_answer_409_never_a_wrong_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    let path = dir.path().join("d/moving.bin");
+    let data = std::sync::Arc::new(pseudo_random(48 << 20, 9));
+    std::fs::write(&path, &*data).unwrap();
+    let mut srv = Server::start(dir.path(), &[]);
+    // Slow digests beside BLAKE3: a request lasts long enough to be caught.
+    let algs = "blake3,sha512,sha1,md5";
+    let blake3_of = |n: usize| blake3::hash(&data[..n]).to_hex().to_string();
+    let whole = blake3_of(data.len());
+    let started = std::time::Instant::now();
+    let r = srv.get(&format!("/hash-file/d/moving.bin?alg={algs}"));
+    assert_eq!(r.json()["digests"]["blake3"], whole, "{}", r.text());
+    let undisturbed = started.elapsed();
+
+    let mut changed = 0;
+    for round in 0..8u32 {
+        std::fs::write(&path, &*data).unwrap();
+        let url = if round % 2 == 0 {
+            format!("/hash-file/d/moving.bin?alg={algs}")
+        } else {
+            format!("/manifest/d?alg={algs}")
+        };
+        let addr = srv.addr;
+        let req = std::thread::spawn(move || request(addr, "GET", &url, &[], b""));
+        std::thread::sleep(undisturbed * (round % 4 + 1) / 6);
+        // At a page boundary or mid-page; to nothing, near the start, or
+        // past the middle.
+        let cut = [0, 3 * 4096 + 100, 20 << 20, (30 << 20) + 1][(round / 2 % 4) as usize];
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut as u64)
+            .unwrap();
+        let r = req.join().unwrap();
+        // The file's answer: a digest for some bytes, or why there is none.
+        let (digest, bytes, error) = if round % 2 == 0 {
+            if r.status == 409 {
+                (None, None, Some(r.error_code()))
+            } else {
+                assert_eq!(r.status, 200, "{}", r.text());
+                let v = r.json();
+                (
+                    Some(v["digests"]["blake3"].clone()),
+                    v["bytes"].as_u64(),
+                    None,
+                )
+            }
+        } else {
+            assert_eq!(r.status, 200, "{}", r.text());
+            let line = ndjson(&r.body).remove(0);
+            match line["error"].as_str() {
+                Some(code) => (None, None, Some(code.to_string())),
+                None => (Some(line["blake3"].clone()), line["bytes"].as_u64(), None),
+            }
+        };
+        match (digest, bytes, error) {
+            (None, None, Some(code)) => {
+                assert_eq!(code, "source_changed", "round {round}: {}", r.text());
+                changed += 1;
+            }
+            (Some(digest), Some(n), None) => {
+                let n = n as usize;
+                assert!(n == data.len() || n == cut, "round {round}: {n} bytes");
+                assert_eq!(digest, blake3_of(n), "round {round}: a wrong digest");
+            }
+            other => panic!("round {round}: {other:?} in {}", r.text()),
+        }
+    }
+    assert!(changed > 0, "no truncation landed while a file was hashed");
+    // The same process serves on, and hashes the file whole again.
+    assert!(srv.child.try_wait().unwrap().is_none(), "the server died");
+    std::fs::write(&path, &*data).unwrap();
+    let r = srv.get(&format!("/hash-file/d/moving.bin?alg={algs}"));
+    assert_eq!(r.json()["digests"]["blake3"], whole, "{}", r.text());
+    let r = srv.get(&format!("/manifest/d?alg={algs}"));
+    assert_eq!(ndjson(&r.body)[0]["blake3"], whole, "{}", r.text());
+}
