@@ -16,7 +16,7 @@ use super::file_job::Source;
 use crate::block_pipeline::BlockPipeline;
 use crate::cpu_pool::Lane;
 use crate::error::ApiError;
-use crate::kernel::{Block, BlockCutter, Codec};
+use crate::kernel::{Block, BlockCutter, BlockInput, Codec};
 use crate::metrics::{Direction, Op};
 use crate::storage::Piece;
 
@@ -187,22 +187,59 @@ async fn next_block(
 }
 
 /// Streams a request body, compressed, in blocks compressed in parallel as
-/// they fill. Reading the body pauses while the window is full, so a fast
-/// sender meets TCP backpressure, not a growing queue.
+/// they fill. The body is read while blocks compress, not only when the
+/// window has room: the HTTP thread and the client share the cores with the
+/// pool threads, and a body read in bursts after each block is sent leaves a
+/// pool thread idle at every block boundary (it finishes its block while the
+/// next one is still being received). Once the window is full, one cut
+/// block more is held back and reading pauses, so a fast sender meets TCP
+/// backpressure, not a growing queue.
 pub fn body_body(st: &AppState, lane: Lane, body: BodyReader, codec: Codec) -> Body {
     struct State {
         body: BodyReader,
         pipe: Pipeline,
         /// Input collected for the next block; `None` once the body ended.
         cutter: Option<BlockCutter>,
+        /// Blocks cut while the window was full, pushed as room frees up:
+        /// while any is held, the body is not read.
+        held: VecDeque<BlockInput>,
         finished: bool,
         /// Compressed blocks ready to send, in order.
         ready: VecDeque<Bytes>,
+    }
+    impl State {
+        fn push_held(&mut self) {
+            while !self.pipe.blocks.full()
+                && let Some(b) = self.held.pop_front()
+            {
+                self.pipe.blocks.push(move || Ok(b.compress()));
+            }
+        }
+
+        /// Takes a chunk of the body (`None`: its end) into blocks.
+        fn take(&mut self, chunk: Option<Bytes>) {
+            let Some(chunk) = chunk else {
+                if let Some(b) = self.cutter.take().and_then(BlockCutter::end) {
+                    self.held.push_back(b);
+                }
+                return;
+            };
+            let cutter = self.cutter.as_mut().expect("read only while open");
+            let mut rest = &chunk[..];
+            while let Some(b) = cutter.fill(&mut rest) {
+                self.held.push_back(b);
+            }
+        }
+
+        fn reading(&self) -> bool {
+            self.cutter.is_some() && self.held.is_empty()
+        }
     }
     let state = State {
         body,
         pipe: Pipeline::new(st, lane, codec),
         cutter: Some(BlockCutter::new(codec)),
+        held: VecDeque::new(),
         finished: false,
         ready: VecDeque::new(),
     };
@@ -214,40 +251,50 @@ pub fn body_body(st: &AppState, lane: Lane, body: BodyReader, codec: Codec) -> B
             if let Some(b) = s.ready.pop_front() {
                 return Some((Ok(b), s));
             }
-            // Fill and dispatch blocks while there is room in the window.
-            while s.cutter.is_some() && !s.pipe.blocks.full() {
-                match s.body.next().await {
+            s.push_held();
+            let done = if !s.reading() {
+                // Nothing to read for now: wait for the oldest block.
+                Some(s.pipe.next().await)
+            } else if !s.pipe.blocks.full() {
+                None
+            } else {
+                // Both futures may be dropped unfinished: a body frame not
+                // yet taken stays in the body, a block not yet taken in the
+                // pipeline.
+                tokio::select! {
+                    biased;
+                    b = s.pipe.next() => Some(b),
+                    c = s.body.next() => match c {
+                        Ok(c) => {
+                            s.take(c);
+                            continue;
+                        }
+                        Err(e) => {
+                            s.finished = true;
+                            return Some((Err(stream_error(e)), s));
+                        }
+                    },
+                }
+            };
+            match done {
+                None => match s.body.next().await {
+                    Ok(c) => s.take(c),
                     Err(e) => {
                         s.finished = true;
                         return Some((Err(stream_error(e)), s));
                     }
-                    Ok(None) => {
-                        let cutter = s.cutter.take().expect("checked");
-                        if let Some(b) = cutter.end() {
-                            s.pipe.blocks.push(move || Ok(b.compress()));
-                        }
-                    }
-                    Ok(Some(chunk)) => {
-                        let cutter = s.cutter.as_mut().expect("checked");
-                        let mut rest = &chunk[..];
-                        while let Some(b) = cutter.fill(&mut rest) {
-                            s.pipe.blocks.push(move || Ok(b.compress()));
-                        }
-                    }
-                }
-            }
-            match s.pipe.next().await {
-                Some(Ok(b)) => s.ready.push_back(b),
-                Some(Err(e)) => {
+                },
+                Some(Some(Ok(b))) => s.ready.push_back(b),
+                Some(Some(Err(e))) => {
                     s.finished = true;
                     return Some((Err(stream_error(e)), s));
                 }
-                None if s.cutter.is_none() => {
+                Some(None) if s.cutter.is_none() && s.held.is_empty() => {
                     s.finished = true;
                     let t = s.pipe.trailer();
                     return Some((Ok(t), s));
                 }
-                None => {}
+                Some(None) => {}
             }
         }
     });

@@ -6,6 +6,7 @@
 //! they are named, and how a stream is cut into parallel blocks.
 
 use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 
 use flate2::Crc;
 
@@ -273,6 +274,38 @@ pub struct BlockInput {
     input: Vec<u8>,
     dict: Vec<u8>,
     last: bool,
+    /// Where `input` goes back once compressed, for a later block.
+    spare: Spare,
+}
+
+/// Input buffers of blocks already compressed, kept for the next blocks of
+/// the same stream: a zstd frame's 4 MiB taken from fresh memory is faulted
+/// in (and zeroed by the kernel) again on every block, which costs about as
+/// much as copying the input into it. Shared by a cutter and its blocks on
+/// the pool threads.
+#[derive(Clone, Default)]
+struct Spare(Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// Most buffers a stream keeps spare: blocks in flight are bounded by
+/// their pipeline's window, and a block is cut when one has come back.
+const MAX_SPARE: usize = 2;
+
+impl Spare {
+    fn take(&self, len: usize) -> Vec<u8> {
+        self.lock().pop().unwrap_or_else(|| Vec::with_capacity(len))
+    }
+
+    fn give(&self, mut buf: Vec<u8>, len: usize) {
+        let mut spare = self.lock();
+        if buf.capacity() == len && spare.len() < MAX_SPARE {
+            buf.clear();
+            spare.push(buf);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl BlockInput {
@@ -285,7 +318,9 @@ impl BlockInput {
     }
 
     pub fn compress(self) -> Block {
-        self.codec.block(&self.input, &self.dict, self.last)
+        let block = self.codec.block(&self.input, &self.dict, self.last);
+        self.spare.give(self.input, self.codec.block_len());
+        block
     }
 }
 
@@ -298,6 +333,7 @@ pub struct BlockCutter {
     dict: Vec<u8>,
     /// Blocks cut so far.
     cut: u64,
+    spare: Spare,
 }
 
 impl BlockCutter {
@@ -307,6 +343,7 @@ impl BlockCutter {
             pending: Vec::with_capacity(codec.block_len()),
             dict: Vec::new(),
             cut: 0,
+            spare: Spare::default(),
         }
     }
 
@@ -321,7 +358,7 @@ impl BlockCutter {
         if self.pending.len() < len {
             return None;
         }
-        let input = std::mem::replace(&mut self.pending, Vec::with_capacity(len));
+        let input = std::mem::replace(&mut self.pending, self.spare.take(len));
         let keep = self.codec.dict_len().min(input.len());
         let dict = std::mem::replace(&mut self.dict, input[input.len() - keep..].to_vec());
         self.cut += 1;
@@ -330,6 +367,7 @@ impl BlockCutter {
             input,
             dict,
             last: false,
+            spare: self.spare.clone(),
         })
     }
 
@@ -342,6 +380,7 @@ impl BlockCutter {
             input: self.pending,
             dict: self.dict,
             last: true,
+            spare: self.spare,
         })
     }
 }
@@ -427,6 +466,24 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_compressed_block_gives_its_buffer_to_a_later_block() {
+        let codec = Format::Zstd.codec(Some("1")).unwrap();
+        let data = text(3 * zstd::FRAME);
+        let mut rest = &data[..];
+        let mut cutter = BlockCutter::new(codec);
+        let first = cutter.fill(&mut rest).expect("a whole frame");
+        let at = first.input.as_ptr();
+        first.compress();
+        // The second block's buffer was taken when the first was cut; the
+        // third one's, after the first came back.
+        let second = cutter.fill(&mut rest).expect("a whole frame");
+        assert_ne!(second.input.as_ptr(), at);
+        let third = cutter.fill(&mut rest).expect("a whole frame");
+        assert_eq!(third.input.as_ptr(), at);
+        assert_eq!(&third.input[..], &data[2 * zstd::FRAME..]);
     }
 
     #[test]

@@ -85,6 +85,52 @@ fn zstd_body_streams_back_serial_and_parallel() {
     assert_eq!(unzstd(&r.body).1.len(), 2);
 }
 
+/// A client that uploads to the parallel `POST /compress` and never reads
+/// the answer: the server reads ahead of the compression by a bounded number
+/// of frames only (the window, one held, one filling) and the sender then
+/// meets TCP backpressure, instead of the body piling up in memory.
+#[test]
+fn parallel_body_is_read_no_further_than_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let mut s = connect(srv.addr);
+    // Incompressible: the answer's socket buffers hold as little input as
+    // they can.
+    let piece = pseudo_random(1 << 20, 9);
+    let declared: u64 = 1 << 30;
+    write!(
+        s,
+        "POST /compress?format=zstd&level=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    .unwrap();
+    s.set_write_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let mut sent = 0u64;
+    'send: while sent < declared {
+        let mut rest = &piece[..];
+        while !rest.is_empty() {
+            match s.write(rest) {
+                Ok(n) => {
+                    rest = &rest[n..];
+                    sent += n as u64;
+                }
+                // Three seconds without the server taking a byte.
+                Err(_) => break 'send,
+            }
+        }
+    }
+    // Frames of 4 MiB: 5 in memory, the rest in the sockets' buffers.
+    assert!(
+        sent < 96 << 20,
+        "the server took {} MiB of a body whose answer nobody read",
+        sent >> 20
+    );
+    // The answer started and is a zstd stream.
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut s, &mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+}
+
 #[test]
 fn parallel_zstd_file_is_identical_after_decompression() {
     let dir = tempfile::tempdir().unwrap();
