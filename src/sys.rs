@@ -105,15 +105,20 @@ pub fn kill(pid: u32, sig: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::kill(pid as libc::pid_t, sig) }).map(drop)
 }
 
-/// CLOCK_MONOTONIC in microseconds, as systemd reads it.
-pub fn monotonic_usec() -> u64 {
+/// The time of clock `id` (clock_gettime).
+fn clock(id: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd reads it.
+pub fn monotonic_usec() -> u64 {
+    clock(libc::CLOCK_MONOTONIC).as_micros() as u64
 }
 
 /// Clock ticks per second (for /proc's CPU times), 100 if unknown.
@@ -141,13 +146,7 @@ pub fn lower_thread_priority(by: i32) {
 /// (~0.4 µs here; the vDSO does not serve per-thread clocks), so callers
 /// read it once per unit of work, not per byte.
 pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    clock(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// Puts the calling thread in the `SCHED_IDLE` class: it runs only when no
