@@ -547,15 +547,12 @@ fn hash_window(file: &File, hasher: &mut MultiHasher, at: u64, len: usize) -> Re
     while done < len {
         let n = (len - done).min(PIECE_MAX);
         with_buffer(n, |buf| {
-            let mut filled = 0;
-            while filled < n {
-                match file.read_at(&mut buf[filled..], at + (done + filled) as u64) {
-                    Ok(0) => return Err(Trouble::Shrank),
-                    Ok(k) => filled += k,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Trouble::Read(e)),
-                }
-            }
+            // Short of `n` bytes: the file was cut after its fstat.
+            file.read_exact_at(buf, at + done as u64)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => Trouble::Shrank,
+                    _ => Trouble::Read(e),
+                })?;
             hasher.update(buf);
             Ok(())
         })?;
