@@ -47,8 +47,8 @@ impl Storage for LocalStorage {
     fn open(&self, key: &RelPath) -> Work<Box<dyn Object>> {
         let (root, key) = (Arc::clone(&self.root), key.clone());
         Work::Blocking(Box::new(move || {
-            let (file, _) = root.open_file(&key).map_err(from_open)?;
-            LocalObject::boxed(file)
+            let (file, meta) = root.open_file(&key).map_err(from_open)?;
+            Ok(LocalObject::boxed(file, &meta))
         }))
     }
 
@@ -57,7 +57,7 @@ impl Storage for LocalStorage {
         Some(
             opened
                 .map_err(from_open)
-                .and_then(|(file, _)| LocalObject::boxed(file)),
+                .map(|(file, meta)| LocalObject::boxed(file, &meta)),
         )
     }
 
@@ -119,16 +119,17 @@ struct LocalObject {
 }
 
 impl LocalObject {
-    fn boxed(file: File) -> Result<Box<dyn Object>, StorageError> {
-        let meta = file.metadata().map_err(StorageError::Io)?;
-        Ok(Box::new(LocalObject {
+    /// `meta`: the fstat `Root` made when it opened `file` (one per open:
+    /// on a small hot file each syscall is a visible share of the request).
+    fn boxed(file: File, meta: &Metadata) -> Box<dyn Object> {
+        Box::new(LocalObject {
             meta: Meta {
                 size: meta.len(),
-                identity: identity(&meta),
+                identity: identity(meta),
             },
             file: Arc::new(LocalFile(file)),
             offset: 0,
-        }))
+        })
     }
 }
 
