@@ -115,6 +115,11 @@ pub enum PoolPriority {
     /// HTTP threads are never delayed by compressions, but any busy program
     /// in the same run queue (the same cgroup, or none) starves the pool.
     Idle,
+    /// Run at the process's own priority: for a command line, whose pool
+    /// is the program's work (beside a `b3sum` or `sha256sum` at the same
+    /// nice value, a niced pool gets a third of the share it should).
+    #[value(skip)]
+    Normal,
 }
 
 /// Handle to the pool; cheap to clone. The threads stop when the last handle
@@ -644,8 +649,14 @@ const POOL_NICE: i32 = 5;
 /// it is also starved by any other busy program, hence opt-in. Best effort:
 /// where the class is refused, the thread is niced by `POOL_NICE` instead.
 fn lower_priority(priority: PoolPriority) {
-    if priority == PoolPriority::Low || !crate::sys::make_thread_idle_class() {
-        crate::sys::lower_thread_priority(POOL_NICE);
+    match priority {
+        PoolPriority::Normal => {}
+        PoolPriority::Low => crate::sys::lower_thread_priority(POOL_NICE),
+        PoolPriority::Idle => {
+            if !crate::sys::make_thread_idle_class() {
+                crate::sys::lower_thread_priority(POOL_NICE);
+            }
+        }
     }
 }
 
@@ -1061,7 +1072,8 @@ mod tests {
         }
     }
 
-    /// Pool threads run below the threads that submit to them.
+    /// Pool threads run below the threads that submit to them, unless asked
+    /// to run at the program's priority.
     #[tokio::test]
     async fn pool_threads_run_at_a_lower_priority() {
         fn class_and_nice() -> (bool, i32) {
@@ -1087,6 +1099,17 @@ mod tests {
         // Niced instead only where the class is refused.
         let (idle, nice) = idle_class.try_run(class_and_nice).await.unwrap();
         assert!(idle || nice == niced, "idle {idle}, nice {nice}");
+        // A command line's pool stays at the program's own priority.
+        let normal = CpuPool::new(
+            PoolLimits {
+                threads: 1,
+                queue: 4,
+                max_wait: Duration::from_secs(1),
+                priority: PoolPriority::Normal,
+            },
+            Box::leak(Slot::new_boxed()),
+        );
+        assert_eq!(normal.try_run(class_and_nice).await, Ok((false, mine)));
     }
 
     #[tokio::test]

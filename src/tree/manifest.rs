@@ -13,7 +13,8 @@
 //!   Groups run side by side on every pool thread. A group hashes at most
 //!   `PIECE_MAX` bytes inline, so it stays a short job.
 //! - **Pieces**: a file too big for its group's budget is closed and left to
-//!   its own jobs of at most `MAP_PIECE` bytes, which reopen it: a tree of
+//!   its own jobs of at most `map_piece` bytes, the first of which reopens
+//!   it: a tree of
 //!   big files is many short jobs, never one long one, so the scheduler
 //!   keeps serving other requests beside it (and the lane's used CPU lowers
 //!   its priority against fresh small requests), and no file stays open
@@ -46,7 +47,7 @@ use super::walk::{Entry, Opened, Opener, Walk};
 use crate::cpu_pool::{CpuPool, Lane, PoolError};
 use crate::digest_cache::{DigestCache, Key};
 use crate::error::ApiError;
-use crate::kernel::{AlgorithmList, Digests, MultiHasher};
+use crate::kernel::{Algorithm, AlgorithmList, Digests, MultiHasher};
 use crate::root::{RelPath, Root};
 use crate::storage::local::{identity, read_full};
 use crate::storage::{MAP_MIN, PIECE_MAX, with_buffer};
@@ -119,8 +120,26 @@ pub struct Options {
 /// Bytes of a big file one job hashes, from a guarded mapping: mapping and
 /// unmapping cost a few microseconds, so pieces are bigger than
 /// `PIECE_MAX`'s reads. It bounds what a job holds mapped (file pages
-/// mapped count in RSS), whatever the file's size.
+/// mapped count in RSS), whatever the file's size. 4 MiB of SHA-256 is
+/// ~3 ms of a core, the longest a job should keep a thread from others.
 const MAP_PIECE: usize = 4 << 20;
+
+/// Bytes of a big file one job hashes with BLAKE3 (or memory-speed
+/// algorithms) alone: at ~4 GB/s a core, 16 MiB is ~4 ms, as long as a
+/// SHA-256 piece, in a quarter of the jobs. Each job is a hand-off between
+/// threads and an unmap that interrupts every core running the process
+/// (TLB shootdown): on a tree of 16 MiB files they were a few per cent of
+/// a BLAKE3 manifest.
+const MAP_PIECE_FAST: usize = 16 << 20;
+
+/// The piece size for `algs`: as big as keeps a job at a few ms.
+fn map_piece(algs: &AlgorithmList) -> usize {
+    let fast = algs
+        .as_slice()
+        .iter()
+        .all(|a| *a == Algorithm::Blake3 || a.at_memory_speed());
+    if fast { MAP_PIECE_FAST } else { MAP_PIECE }
+}
 
 /// A manifest being computed; `next` yields its records in walk order.
 pub struct Manifest {
@@ -382,27 +401,35 @@ impl Hashing {
         }
     }
 
-    /// A file too big for a group: reopened in its first job, then hashed in
-    /// `PIECE_MAX` jobs (or answered from the digest cache).
+    /// A file too big for a group: reopened in the job that hashes its first
+    /// piece (one hand-off fewer per file), then hashed in `map_piece` jobs;
+    /// or answered from the digest cache.
     async fn hash_big(self, path: Vec<u8>, symlink: bool) -> Result<Record, PoolError> {
         let this = self.clone();
         let opened = self
             .lane
             .run(move || {
                 let (path, file, meta) = this.open(path, symlink).map_err(Box::new)?;
-                match this.cached(&meta) {
-                    Ok(key) => Ok((path, file, key)),
-                    Err(digests) => Err(Box::new(Record::File { path, digests })),
-                }
+                let key = match this.cached(&meta) {
+                    Ok(key) => key,
+                    Err(digests) => return Err(Box::new(Record::File { path, digests })),
+                };
+                // Only a cache needs the time (a clock read per file otherwise).
+                let started = this.cache.as_ref().map(|_| SystemTime::now());
+                let mut pieces = Pieces::new(file, meta, &this.algs);
+                let first = pieces.next();
+                Ok((path, key, started, pieces, first))
             })
             .await?;
-        let (path, file, key) = match opened {
+        let (path, key, started, pieces, first) = match opened {
             Ok(x) => x,
             Err(done) => return Ok(*done),
         };
-        // Only a cache needs the time (a clock read per file otherwise).
-        let started = self.cache.as_ref().map(|_| SystemTime::now());
-        match hash_mapped(&self.lane, file, &self.algs).await {
+        let hashed = match first {
+            Ok(()) => pieces.finish(&self.lane).await,
+            Err(t) => Err(t),
+        };
+        match hashed {
             Ok((file, digests)) => {
                 self.remember(key, &file, &digests, started);
                 Ok(Record::File { path, digests })
@@ -495,38 +522,66 @@ async fn hash_pieces(
     Ok((file, hasher.finish()))
 }
 
-/// Hashes an open file to the size its fstat gives, in jobs of `MAP_PIECE`
-/// bytes, each hashed from a guarded mapping (`sys::map_guarded`): no copy
+/// An open file hashed to the size its fstat gave, a piece of `map_piece`
+/// bytes a job, each from a guarded mapping (`sys::map_guarded`): no copy
 /// out of the page cache, and a file truncated meanwhile is `Shrank`, never
 /// a crash nor a digest of bytes it never held.
-async fn hash_mapped(
-    lane: &Lane,
+struct Pieces {
     file: File,
-    algs: &AlgorithmList,
-) -> Result<(File, Digests), Trouble> {
-    let before = file.metadata().map_err(Trouble::Read)?;
-    let size = before.len();
-    let mut state = (file, MultiHasher::new(algs), 0u64);
-    while state.2 < size {
-        let (file, mut hasher, at) = state;
-        state = lane
-            .run(move || {
-                let len = (size - at).min(MAP_PIECE as u64) as usize;
-                hash_window(&file, &mut hasher, at, len)?;
-                Ok((file, hasher, at + len as u64))
-            })
-            .await
-            .map_err(Trouble::Pool)??;
+    /// The fstat the pieces go by, compared with the file's at the end.
+    before: Metadata,
+    hasher: MultiHasher,
+    /// Bytes hashed so far.
+    at: u64,
+    piece: usize,
+}
+
+impl Pieces {
+    fn new(file: File, before: Metadata, algs: &AlgorithmList) -> Pieces {
+        Pieces {
+            file,
+            before,
+            hasher: MultiHasher::new(algs),
+            at: 0,
+            piece: map_piece(algs),
+        }
     }
-    let (file, hasher, _) = state;
-    // A file cut within a page reads zeros past the cut without a fault,
-    // and may have grown back since: any change of identity (size, times)
-    // means the bytes hashed may be of no version of the file.
-    let after = file.metadata().map_err(Trouble::Read)?;
-    if identity(&after) != identity(&before) {
-        return Err(Trouble::Changed);
+
+    fn done(&self) -> bool {
+        self.at >= self.before.len()
     }
-    Ok((file, hasher.finish()))
+
+    /// In a pool job: hashes the next piece (nothing once all are done).
+    fn next(&mut self) -> Result<(), Trouble> {
+        let len = self
+            .before
+            .len()
+            .saturating_sub(self.at)
+            .min(self.piece as u64);
+        if len > 0 {
+            hash_window(&self.file, &mut self.hasher, self.at, len as usize)?;
+            self.at += len;
+        }
+        Ok(())
+    }
+
+    /// The remaining pieces, a job each, then the digests.
+    async fn finish(mut self, lane: &Lane) -> Result<(File, Digests), Trouble> {
+        while !self.done() {
+            self = lane
+                .run(move || self.next().map(|()| self))
+                .await
+                .map_err(Trouble::Pool)??;
+        }
+        // A file cut within a page reads zeros past the cut without a
+        // fault, and may have grown back since: any change of identity
+        // (size, times) means the bytes hashed may be of no version of it.
+        let after = self.file.metadata().map_err(Trouble::Read)?;
+        if identity(&after) != identity(&self.before) {
+            return Err(Trouble::Changed);
+        }
+        Ok((self.file, self.hasher.finish()))
+    }
 }
 
 /// Hashes `len` bytes of `file` at `at`: from a guarded mapping, or read

@@ -484,3 +484,55 @@ fn files_truncated_while_hashed_answer_409_never_a_wrong_digest() {
     let r = srv.get(&format!("/manifest/d?alg={algs}"));
     assert_eq!(ndjson(&r.body)[0]["blake3"], whole, "{}", r.text());
 }
+
+/// A manifest of BLAKE3 alone (or with memory-speed algorithms) hashes big
+/// files in bigger pieces (16 MiB), the first one in the job that reopens
+/// the file: files of exactly one piece, one byte more, and several pieces
+/// with a partial last one digest as the reference BLAKE3 and XXH3 say,
+/// through `GET /manifest` and `hashpress hash -r` alike.
+#[test]
+fn blake3_manifests_hash_big_files_in_bigger_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("big")).unwrap();
+    let sizes = [16 << 20, (16 << 20) + 1, (32 << 20) + 4097];
+    for (i, n) in sizes.iter().enumerate() {
+        let data = pseudo_random(*n, 60 + i as u64);
+        std::fs::write(dir.path().join(format!("big/f{i}")), data).unwrap();
+    }
+    let wants: Vec<_> = (0..sizes.len())
+        .map(|i| oracle(&dir.path().join(format!("big/f{i}")), "blake3,xxh3"))
+        .collect();
+    let srv = Server::start(dir.path(), &[]);
+    for algs in ["blake3", "blake3,xxh3"] {
+        let r = srv.get(&format!("/manifest/big?alg={algs}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let lines = ndjson(&r.body);
+        assert_eq!(lines.len(), sizes.len() + 1, "{}", r.text());
+        for (i, n) in sizes.iter().enumerate() {
+            let line = &lines[i];
+            assert_eq!(line["bytes"].as_u64(), Some(*n as u64), "{line}");
+            for alg in algs.split(',') {
+                assert_eq!(
+                    line[alg].as_str(),
+                    Some(wants[i][alg].as_str()),
+                    "f{i} {alg}"
+                );
+            }
+        }
+        assert_eq!(lines[sizes.len()]["errors"], 0);
+    }
+    let out = Command::new(BIN)
+        .args(["hash", "-r", "--alg", "blake3", "big"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: String = (0..sizes.len())
+        .map(|i| format!("{}  big/f{i}\n", wants[i]["blake3"]))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+}
