@@ -43,6 +43,15 @@ use tokio::time::{Instant, Sleep};
 
 /// Idle connections are closed after this (the default client's value).
 const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Each connection reads answers in buffers of this one size. hyper's
+/// default read buffer adapts (8 to 408 KiB) and is replaced whenever a
+/// body chunk still holds its bytes: one 1 GiB read made ~200 allocations
+/// of some twenty sizes between 64 and 800 KiB on the I/O threads, while
+/// the heap in use stayed near 20 MiB. mimalloc gives each size above
+/// 84 KiB a 4 MiB page per thread (above 512 KiB, pages of their own) and
+/// keeps freed blocks resident: RSS grew by 63 MiB, 105 MiB committed.
+/// With one 64 KiB size (the 512 KiB pages): 18 MiB, 27 MiB committed.
+const READ_BUF: usize = 64 << 10;
 
 /// Makes `object_store`'s clients for one plain-http endpoint.
 #[derive(Debug)]
@@ -57,6 +66,7 @@ impl HttpConnector for QuickAckConnector {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
+            .http1_read_buf_exact_size(READ_BUF)
             .build(Dial {
                 connect_timeout: self.connect_timeout,
             });
