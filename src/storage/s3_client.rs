@@ -228,7 +228,10 @@ impl tower::Service<Uri> for Dial {
 }
 
 /// A connection that sets TCP_QUICKACK before each read (see the module
-/// comment): one system call per read of up to hyper's buffer size.
+/// comment): one system call per read of up to hyper's buffer size. Against
+/// garage too, reads were slower without it (1 GiB: ~450 against ~480
+/// MB/s); a fixed 4 or 8 MiB SO_RCVBUF instead of the kernel's autotuning
+/// gained nothing there.
 struct QuickAck(TokioIo<TcpStream>);
 
 impl Read for QuickAck {
