@@ -401,6 +401,12 @@ impl CpuPool {
         self.shared.limits.threads
     }
 
+    /// No job is waiting for a thread: work split over several threads now
+    /// takes cores that are free or about to be, and delays no one.
+    pub fn no_backlog(&self) -> bool {
+        self.shared.lock().heap.is_empty()
+    }
+
     pub fn queue_capacity(&self) -> usize {
         self.shared.limits.queue
     }

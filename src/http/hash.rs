@@ -16,7 +16,7 @@ use super::query::Query;
 use crate::cpu_pool::{Pending, WorkKind};
 use crate::digest_cache::Key;
 use crate::error::ApiError;
-use crate::kernel::{Digests, Encoding, MultiHasher};
+use crate::kernel::{AlgorithmList, Digests, Encoding, MultiHasher};
 use crate::metrics::{Direction, Op};
 
 /// Body bytes hashed on the I/O thread as they arrive: a small body hashes
@@ -99,16 +99,23 @@ pub async fn hash_body(
     while hasher.bytes() < inline {
         match body.next().await? {
             Some(chunk) => hasher.update(&chunk),
-            None => return reply.body_digest(&st, hasher),
+            None => return reply.body_digest(&st, &computed, vec![hasher]),
         }
     }
     let offloaded = Offloaded::start();
     // Not admitted: the upload is under way, and shedding it now would
     // waste what was read. Its batches wait for room like any continuation.
     let lane = st.pool.lane();
-    // The hasher is either here or inside the one job that holds it.
-    let mut idle = Some(hasher);
-    let mut in_flight: Option<Pending<MultiHasher>> = None;
+    // Several dear digests are computed as two sets of about equal cost,
+    // each batch hashed by two jobs at once when the pool has no backlog
+    // (SHA-256, SHA-512, BLAKE3 and MD5 over 64 MiB: 287 MiB/s on two
+    // threads against 161 on one), by one job otherwise.
+    let mut parts = match computed.halves() {
+        Some(halves) if st.pool.threads() > 1 => hasher.split(&halves).into(),
+        _ => vec![hasher],
+    };
+    // The hashers are either here or inside the jobs that hold them, in order.
+    let mut in_flight: Vec<Pending<Vec<MultiHasher>>> = Vec::new();
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batch_len = 0;
     loop {
@@ -119,31 +126,40 @@ pub async fn hash_body(
             batch.push(chunk);
         }
         if batch_len >= offloaded.batch() || (end && batch_len > 0) {
-            let mut hasher = match in_flight.take() {
-                Some(job) => job.wait().await?,
-                None => idle.take().expect("no job holds the hasher"),
-            };
+            for job in in_flight.drain(..) {
+                parts.extend(job.wait().await?);
+            }
             let work = std::mem::take(&mut batch);
             batch_len = 0;
-            in_flight = Some(
-                lane.submit(move || {
-                    for piece in &work {
-                        hasher.update(piece);
-                    }
-                    hasher
-                })
-                .await?,
-            );
+            let groups: Vec<Vec<MultiHasher>> = if parts.len() > 1 && st.pool.no_backlog() {
+                parts.drain(..).map(|h| vec![h]).collect()
+            } else {
+                vec![std::mem::take(&mut parts)]
+            };
+            for mut group in groups {
+                // A clone of the batch is a reference count per chunk.
+                let work = work.clone();
+                in_flight.push(
+                    lane.submit(move || {
+                        for hasher in &mut group {
+                            for piece in &work {
+                                hasher.update(piece);
+                            }
+                        }
+                        group
+                    })
+                    .await?,
+                );
+            }
         }
         if end {
             break;
         }
     }
-    let hasher = match in_flight {
-        Some(job) => job.wait().await?,
-        None => idle.expect("no job holds the hasher"),
-    };
-    reply.body_digest(&st, hasher)
+    for job in in_flight {
+        parts.extend(job.wait().await?);
+    }
+    reply.body_digest(&st, &computed, parts)
 }
 
 /// What `POST /hash` answers once the body is hashed.
@@ -155,10 +171,16 @@ struct Reply {
 }
 
 impl Reply {
-    fn body_digest(self, st: &AppState, hasher: MultiHasher) -> Result<Response, ApiError> {
-        st.metrics
-            .add_bytes(Op::Hash, Direction::In, hasher.bytes());
-        let mut digests = hasher.finish();
+    /// `parts`: the hashers of the digests in `computed`, one or the two
+    /// halves.
+    fn body_digest(
+        self,
+        st: &AppState,
+        computed: &AlgorithmList,
+        parts: Vec<MultiHasher>,
+    ) -> Result<Response, ApiError> {
+        let mut digests = Digests::joined(computed, parts.into_iter().map(MultiHasher::finish));
+        st.metrics.add_bytes(Op::Hash, Direction::In, digests.bytes);
         if let Some(e) = &self.expected {
             e.check(&digests).map_err(|m| mismatch(st.metrics, m))?;
         }

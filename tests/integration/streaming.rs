@@ -231,3 +231,42 @@ fn long_bodies_with_memory_speed_digests_skip_the_pool() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(jobs() > before, "SHA-256 of 9 MiB did not use the pool");
 }
+
+/// Several dear digests of a long body are computed in two sets of about
+/// equal cost, each batch hashed by two pool jobs at once while the pool has
+/// no backlog: about twice the jobs of one digest alone over the same body,
+/// and the digests of independent implementations.
+#[test]
+fn several_dear_digests_of_a_long_body_share_two_pool_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &["--workers", "0", "--pool-threads", "2"]);
+    let jobs = || {
+        srv.metric("hashpress_pool_queue_wait_seconds_count")
+            .unwrap()
+    };
+    let body = pseudo_random((12 << 20) + 5, 78);
+    let path = dir.path().join("body.bin");
+    std::fs::write(&path, &body).unwrap();
+    let four = "sha256,sha512,blake3,md5";
+    let want = oracle(&path, four);
+    let start = jobs();
+    let r = srv.post("/hash?alg=sha512", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let alone = jobs() - start;
+    let r = srv.post(&format!("/hash?alg={four}"), &body);
+    assert_digests(&r, &want, body.len());
+    let split = jobs() - start - alone;
+    // 11 MiB past the inline first MiB, in batches of at most 2 MiB; the
+    // socket's reads cut them, so their count may differ by one.
+    assert!(alone >= 5.0, "{alone} jobs for SHA-512 alone");
+    assert!(
+        split >= 2.0 * (alone - 1.0),
+        "{split} jobs for four digests, {alone} for one"
+    );
+    // The first digest asked for stays the answer's `hash`, whichever set
+    // computed it.
+    let r = srv.post("/hash?alg=md5,sha512", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["algorithm"], "md5");
+    assert_eq!(r.json()["hash"], want["md5"].as_str());
+}
