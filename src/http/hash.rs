@@ -16,7 +16,7 @@ use super::query::Query;
 use crate::cpu_pool::{Pending, WorkKind};
 use crate::digest_cache::Key;
 use crate::error::ApiError;
-use crate::kernel::{AlgorithmList, Digests, Encoding, MultiHasher};
+use crate::kernel::{Digests, Encoding, MultiHasher};
 use crate::metrics::{Direction, Op};
 
 /// Body bytes hashed on the I/O thread as they arrive: a small body hashes
@@ -99,7 +99,7 @@ pub async fn hash_body(
     while hasher.bytes() < inline {
         match body.next().await? {
             Some(chunk) => hasher.update(&chunk),
-            None => return reply.body_digest(&st, &computed, vec![hasher]),
+            None => return reply.body_digest(&st, hasher.finish()),
         }
     }
     let offloaded = Offloaded::start();
@@ -159,7 +159,8 @@ pub async fn hash_body(
     for job in in_flight {
         parts.extend(job.wait().await?);
     }
-    reply.body_digest(&st, &computed, parts)
+    let digests = Digests::joined(&computed, parts.into_iter().map(MultiHasher::finish));
+    reply.body_digest(&st, digests)
 }
 
 /// What `POST /hash` answers once the body is hashed.
@@ -171,15 +172,7 @@ struct Reply {
 }
 
 impl Reply {
-    /// `parts`: the hashers of the digests in `computed`, one or the two
-    /// halves.
-    fn body_digest(
-        self,
-        st: &AppState,
-        computed: &AlgorithmList,
-        parts: Vec<MultiHasher>,
-    ) -> Result<Response, ApiError> {
-        let mut digests = Digests::joined(computed, parts.into_iter().map(MultiHasher::finish));
+    fn body_digest(self, st: &AppState, mut digests: Digests) -> Result<Response, ApiError> {
         st.metrics.add_bytes(Op::Hash, Direction::In, digests.bytes);
         if let Some(e) = &self.expected {
             e.check(&digests).map_err(|m| mismatch(st.metrics, m))?;
